@@ -1,0 +1,49 @@
+# edx-remote-cache — every command a developer or CI needs. `make demo` and `make test` install first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-fast e2e lint bench sandbox clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v memcached >/dev/null && command -v memcstat >/dev/null || { \
+	  echo "installing Debian memcached + libmemcached-tools"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq memcached libmemcached-tools >/dev/null; }
+	@# the Debian package starts a system memcached on 127.0.0.1:11211; the sandbox never needs it
+	@-[ "$$(id -u)" = 0 ] && command -v systemctl >/dev/null && systemctl stop memcached >/dev/null 2>&1 || true
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[sandbox,test]'
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/edx-remote-cache demo
+
+test: install lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: install
+	$(BIN)/pytest -q -m "not e2e"
+
+e2e: install
+	$(BIN)/pytest -q -m e2e
+
+lint: install
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy operator/edx_remote_cache/spec.py operator/edx_remote_cache/rewrite.py
+
+bench: install
+	$(PY) bench/run.py
+
+sandbox: install
+	$(BIN)/edx-remote-cache sandbox --env-file .sandbox/env
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache bench/out .sandbox

@@ -1,0 +1,179 @@
+"""kopf wiring: thin handlers that call into reconcile.Reconciler. No logic lives here.
+
+create/update/resume → reconcile; delete → teardown (finalizer); one daemon per resource runs the probe loop,
+the healing ladder and the drift re-observation every `driftIntervalSeconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from edx_remote_cache import GROUP, PLURAL, VERSION
+from edx_remote_cache.aws import AwsClients, CloudLookups, RegionObserver, make_clients
+from edx_remote_cache.kube_status import KubernetesStatusWriter
+from edx_remote_cache.metrics import Metrics, serve
+from edx_remote_cache.reconcile import Adapters, Reconciler, RequeueError
+from edx_remote_cache.resolver import resolver_from_env
+from edx_remote_cache.ssm import SsmAdapter
+
+log = logging.getLogger(__name__)
+registry = kopf.OperatorRegistry()
+OPTIONS: dict[str, Any] = {"metrics_port": None, "metrics_addr": "0.0.0.0"}
+RESOURCE = (GROUP, VERSION, PLURAL)
+ANNOTATION_PREFIX = "edx-remote-cache.openedx.org"
+
+
+class _Regional:
+    """Per-region adapters, built once and shared by every resource (one batched observe per region)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[str, AwsClients] = {}
+        self._observers: dict[str, RegionObserver] = {}
+        self._lookups: dict[str, CloudLookups] = {}
+        self._ssm: dict[str, SsmAdapter] = {}
+        self._metrics = metrics
+        import boto3
+
+        self._session = boto3.session.Session()  # one session: building the EC2 model per client is slow
+
+    def _count(self, event_name: str, **_: Any) -> None:
+        # event name: "before-call.<service>.<Operation>"
+        _prefix, service, operation = event_name.split(".", 2)
+        self._metrics.count_aws_call(service, operation)
+
+    def clients(self, region: str) -> AwsClients:
+        with self._lock:
+            if region not in self._clients:
+                clients = make_clients(region, session=self._session)  # honours AWS_ENDPOINT_URL
+                for client in (clients.ec2, clients.ssm):
+                    client.meta.events.register("before-call", self._count)
+                self._clients[region] = clients
+            return self._clients[region]
+
+    def observer(self, region: str, ttl: float) -> RegionObserver:
+        clients = self.clients(region)
+        with self._lock:
+            observer = self._observers.get(region)
+            if observer is None:
+                observer = self._observers[region] = RegionObserver(clients.ec2, ttl_seconds=ttl)
+            return observer
+
+    def lookups(self, region: str) -> CloudLookups:
+        clients = self.clients(region)
+        with self._lock:
+            if region not in self._lookups:
+                self._lookups[region] = CloudLookups(clients)
+            return self._lookups[region]
+
+    def ssm(self, region: str) -> SsmAdapter:
+        clients = self.clients(region)
+        with self._lock:
+            if region not in self._ssm:
+                self._ssm[region] = SsmAdapter(clients.ssm)
+            return self._ssm[region]
+
+
+def _post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    try:
+        kopf.event(kopf.Body(dict(obj)), type=type_, reason=reason, message=message[:1000])  # type: ignore[arg-type]
+    except Exception:  # events are best effort: never fail a pass because of one
+        log.debug("could not post event %s", reason, exc_info=True)
+
+
+def build_reconciler() -> Reconciler:
+    metrics = Metrics()
+    regional = _Regional(metrics)
+    return Reconciler(
+        Adapters(
+            clients=regional.clients,
+            observer=regional.observer,
+            lookups=regional.lookups,
+            ssm=regional.ssm,
+            status=KubernetesStatusWriter(),
+            resolver=resolver_from_env(),
+            events=_post_event,
+            metrics=metrics,
+        )
+    )
+
+
+def _snapshot(body: kopf.Body) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+@kopf.on.login(registry=registry)
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, else $KUBECONFIG / ~/.kube/config (the sandbox writes one)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup(registry=registry)
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/finalizer"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 32
+    memo.reconciler = build_reconciler()
+    if OPTIONS.get("metrics_port"):
+        serve(
+            int(OPTIONS["metrics_port"]),
+            registry=memo.reconciler.a.metrics.registry,
+            addr=OPTIONS["metrics_addr"],
+        )
+
+
+@kopf.on.resume(*RESOURCE, registry=registry)
+@kopf.on.create(*RESOURCE, registry=registry)
+@kopf.on.update(*RESOURCE, registry=registry)
+async def reconcile(body: kopf.Body, memo: kopf.Memo, reason: str, **_: Any) -> None:
+    try:
+        await memo.reconciler.reconcile(_snapshot(body), trigger="spec" if reason != "resume" else "resume")
+    except RequeueError as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+
+
+@kopf.on.delete(*RESOURCE, registry=registry)
+async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    try:
+        await memo.reconciler.teardown(_snapshot(body), retry=retry)
+    except RequeueError as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+
+
+@kopf.daemon(*RESOURCE, registry=registry, cancellation_timeout=10.0)
+async def watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+    """Probe every probe.intervalSeconds, heal when needed, re-observe for drift every driftIntervalSeconds."""
+    reconciler: Reconciler = memo.reconciler
+    loop = asyncio.get_running_loop()
+    last_drift = loop.time()
+    while not stopped:
+        obj = _snapshot(body)
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        state = reconciler.state(obj)
+        spec = state.spec
+        interval = spec.probe.interval_seconds if spec else 5
+        try:
+            await reconciler.probe_once(obj)
+            await reconciler.heal(obj)
+            if spec is not None and loop.time() - last_drift >= spec.drift_interval_seconds:
+                last_drift = loop.time()
+                try:
+                    await reconciler.reconcile(obj, trigger="drift")
+                except RequeueError:
+                    last_drift = loop.time() - spec.drift_interval_seconds + 2  # come back soon
+        except Exception:  # the daemon must outlive any one failure; the next round retries
+            log.exception("probe/heal/drift round failed for %s", obj["metadata"].get("name"))
+        await stopped.wait(interval)

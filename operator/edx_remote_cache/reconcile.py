@@ -1,0 +1,780 @@
+"""One reconcile pass per EdxRemoteCache: observe → pure diff → act → status, plus probing and healing.
+
+kopf handlers (handlers.py) only call into this module. Everything that does I/O arrives through `Adapters`,
+so the e2e suite runs this exact code against the sandbox and unit tests can inject fakes. Blocking adapters
+(boto3, SSM, pymemcache) run in worker threads so one slow resource never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from edx_remote_cache import OWNER_TAG
+from edx_remote_cache.aws import (
+    AwsClients,
+    CloudLookups,
+    RegionObserver,
+    RetryableAwsError,
+    TerminalAwsError,
+    act,
+    describe_edx_hosts,
+)
+from edx_remote_cache.cloud_plan import (
+    ActResult,
+    AuthorizeIngress,
+    CreateSecurityGroup,
+    DesiredCacheHost,
+    ObservedCloud,
+    Owner,
+    Plan,
+    RevokeIngress,
+    RunInstance,
+    WaitFor,
+    desired_from_spec,
+    diff,
+    edx_security_groups,
+    endpoints,
+    prune_launches,
+    record_launches,
+    record_replacements,
+    teardown_plan,
+)
+from edx_remote_cache.conditions import (
+    Facts,
+    compute_conditions,
+    compute_phase,
+    health_status,
+    status_changed,
+)
+from edx_remote_cache.host_push import HostPushResult, detect_drift, expected_files, push_hosts, revert_hosts
+from edx_remote_cache.kube_status import StatusWriter
+from edx_remote_cache.metrics import Metrics
+from edx_remote_cache.probe import ProbeResult, probe_all
+from edx_remote_cache.resolver import AddressResolver
+from edx_remote_cache.spec import EdxRemoteCacheSpec, SpecError, parse_spec
+from edx_remote_cache.ssm import SsmAdapter, SsmError
+
+log = logging.getLogger(__name__)
+
+PAUSE_ANNOTATION = "edx-remote-cache.openedx.org/paused"
+HEARTBEAT_SECONDS = 60.0  # status.health.lastProbeTime is refreshed at most this often when nothing changes
+CONVERGE_BUDGET_SECONDS = 20.0  # how long one pass keeps re-observing while AWS catches up before requeueing
+REOBSERVE_DELAY_SECONDS = 0.2
+MAX_ACT_ROUNDS = 8
+COLD_CACHE_SECONDS = 600.0  # after a replacement, a low hit ratio is reported as "cold", not a failure
+
+
+class EventSink(Protocol):
+    def __call__(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+
+class RequeueError(Exception):
+    """The pass made progress but is not finished (AWS still converging, a retryable error): try again soon."""
+
+    def __init__(self, message: str, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclasses.dataclass
+class Adapters:
+    """Every outside system, injected. Factories are per region; the operator caches what they return."""
+
+    clients: Callable[[str], AwsClients]
+    observer: Callable[[str, float], RegionObserver]
+    lookups: Callable[[str], CloudLookups]
+    ssm: Callable[[str], SsmAdapter]
+    status: StatusWriter
+    resolver: AddressResolver
+    events: EventSink
+    metrics: Metrics
+    clock: Callable[[], float] = time.time
+
+
+@dataclasses.dataclass
+class ResourceState:
+    """What the operator remembers about one resource between passes (rebuilt from status after a restart)."""
+
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    status: dict[str, Any] = dataclasses.field(default_factory=dict)
+    written_at: float = 0.0
+    facts: Facts | None = None
+    spec: EdxRemoteCacheSpec | None = None
+    stalled_generation: int | None = None
+    consecutive_failures: int = 0
+    last_probe: list[ProbeResult] = dataclasses.field(default_factory=list)
+    last_drift_check: float = 0.0
+    healing: str | None = None
+    restarted_at: dict[str, float] = dataclasses.field(default_factory=dict)
+    replace: set[str] = dataclasses.field(default_factory=set)
+    was_healthy: bool | None = None
+
+
+def _now_dt(clock: Callable[[], float]) -> datetime:
+    return datetime.fromtimestamp(clock(), tz=UTC)
+
+
+def _meta(obj: Mapping[str, Any]) -> tuple[str, str, str, int]:
+    meta = obj.get("metadata") or {}
+    return (
+        meta.get("namespace", "default"),
+        meta["name"],
+        meta.get("uid", ""),
+        int(meta.get("generation") or 1),
+    )
+
+
+def is_paused(obj: Mapping[str, Any], spec: EdxRemoteCacheSpec | None) -> bool:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return bool(spec and spec.paused) or str(annotations.get(PAUSE_ANNOTATION, "")).lower() == "true"
+
+
+def _progress(status: Mapping[str, Any]) -> tuple[dict[str, float], dict[int, int], list[float]]:
+    progress = status.get("progress") or {}
+    launches = {str(k): float(v) for k, v in (progress.get("launches") or {}).items()}
+    replacements = {int(k): int(v) for k, v in (progress.get("replacements") or {}).items()}
+    times = [float(t) for t in progress.get("replacementTimes") or []]
+    return launches, replacements, times
+
+
+def _progress_status(
+    launches: Mapping[str, float], replacements: Mapping[int, int], times: Sequence[float]
+) -> dict:
+    return {
+        "launches": dict(launches),
+        "replacements": {str(k): v for k, v in replacements.items()},
+        "replacementTimes": list(times),
+    }
+
+
+def _mutating(plan: Plan) -> list[Any]:
+    return [a for a in plan.actions if not isinstance(a, WaitFor)]
+
+
+@dataclasses.dataclass
+class CloudOutcome:
+    desired: DesiredCacheHost
+    observed: ObservedCloud
+    plan: Plan
+    endpoints: tuple[str, ...]
+    edx_hosts: list[str]
+    launches: dict[str, float]
+    replacements: dict[int, int]
+    result: ActResult | None
+
+
+class Reconciler:
+    """All resources' passes; one instance per operator process."""
+
+    def __init__(self, adapters: Adapters) -> None:
+        self.a = adapters
+        self.states: dict[str, ResourceState] = {}
+
+    def state(self, obj: Mapping[str, Any]) -> ResourceState:
+        _, _, uid, _ = _meta(obj)
+        state = self.states.get(uid)
+        if state is None:
+            state = self.states[uid] = ResourceState(status=dict(obj.get("status") or {}))
+        return state
+
+    def forget(self, obj: Mapping[str, Any]) -> None:
+        namespace, name, uid, _ = _meta(obj)
+        self.states.pop(uid, None)
+        self.a.metrics.forget(namespace, name)
+
+    # ------------------------------------------------------------------------------------------ status
+
+    async def write_status(
+        self, obj: Mapping[str, Any], state: ResourceState, new: dict[str, Any], *, force: bool = False
+    ) -> bool:
+        """Patch status only when it changed (heartbeat fields excepted), or when the heartbeat is due."""
+        namespace, name, _, _ = _meta(obj)
+        due = self.a.clock() - state.written_at >= HEARTBEAT_SECONDS
+        if not force and not due and not status_changed(state.status, new):
+            return False
+        patch = dict(new)
+        for key in state.status:  # a merge patch keeps keys it does not mention: clear the ones we dropped
+            if key not in patch:
+                patch[key] = None
+        await self.a.status.patch_status(namespace, name, patch)
+        self.a.metrics.status_writes.labels(namespace, name).inc()
+        state.status = {k: v for k, v in new.items() if v is not None}
+        state.written_at = self.a.clock()
+        return True
+
+    def _status_from(
+        self, obj: Mapping[str, Any], state: ResourceState, facts: Facts, **parts: Any
+    ) -> dict[str, Any]:
+        now = _now_dt(self.a.clock)
+        status = {
+            k: v for k, v in state.status.items() if k not in ("conditions", "phase", "observedGeneration")
+        }
+        status.update({k: v for k, v in parts.items()})
+        status["observedGeneration"] = facts.generation
+        status["conditions"] = compute_conditions(
+            facts, previous=state.status.get("conditions") or [], now=now
+        )
+        status["phase"] = compute_phase(facts)
+        status["hostsSummary"] = f"{facts.hosts_configured}/{facts.hosts_total}"
+        state.facts = facts
+        return status
+
+    def _emit_transitions(
+        self, obj: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        before = {c["type"]: c for c in old.get("conditions") or []}
+        for cond in new.get("conditions") or []:
+            prev = before.get(cond["type"])
+            if cond["type"] not in ("Ready", "Stalled", "CacheHealthy", "HostsConfigured"):
+                continue
+            if prev is not None and prev.get("status") == cond["status"]:
+                continue
+            if prev is None and cond["status"] != "True":
+                continue
+            bad = (cond["type"] == "Stalled") == (cond["status"] == "True")
+            self.a.events(
+                obj, "Warning" if bad else "Normal", cond["reason"], f"{cond['type']}: {cond['message']}"
+            )
+
+    async def _publish(
+        self, obj: Mapping[str, Any], state: ResourceState, facts: Facts, **parts: Any
+    ) -> None:
+        old = dict(state.status)
+        new = self._status_from(obj, state, facts, **parts)
+        if await self.write_status(obj, state, new):
+            self._emit_transitions(obj, old, new)
+
+    # ------------------------------------------------------------------------------------------ reconcile
+
+    async def reconcile(self, obj: Mapping[str, Any], *, trigger: str = "spec") -> None:
+        """Converge one resource. Raises RequeueError when it should run again soon."""
+        state = self.state(obj)
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            async with state.lock:
+                await self._reconcile_locked(obj, state, trigger=trigger)
+        except RequeueError:
+            outcome = "requeue"
+            raise
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            self.a.metrics.reconciles.labels(trigger, outcome).inc()
+            self.a.metrics.reconcile_duration.labels(trigger).observe(time.monotonic() - started)
+
+    async def _reconcile_locked(self, obj: Mapping[str, Any], state: ResourceState, *, trigger: str) -> None:
+        namespace, name, uid, generation = _meta(obj)
+        try:
+            spec = parse_spec(obj.get("spec"))
+        except SpecError as exc:
+            state.spec = None
+            state.stalled_generation = generation
+            await self._publish(obj, state, Facts(generation=generation, spec_error=str(exc)))
+            return
+        state.spec = spec
+        if state.stalled_generation == generation and trigger != "spec":
+            return  # terminal until the spec changes: no retry loop
+        state.stalled_generation = None
+        owner = Owner(namespace, name, uid)
+        paused = is_paused(obj, spec)
+        try:
+            cloud = await self._converge_cloud(obj, state, spec, owner, mutate=not paused)
+        except TerminalAwsError as exc:
+            state.stalled_generation = generation
+            await self._publish(
+                obj, state, Facts(generation=generation, terminal_error=f"{exc.code}: {exc.message}")
+            )
+            return
+        except RetryableAwsError as exc:
+            facts = dataclasses.replace(
+                state.facts or Facts(generation=generation), generation=generation, converging=True
+            )
+            await self._publish(obj, state, facts)
+            raise RequeueError(f"AWS {exc.code}: {exc.message}", delay=5.0) from exc
+
+        hosts = await self._converge_hosts(obj, state, spec, cloud, mutate=not paused, trigger=trigger)
+        await self._probe(obj, state, spec, cloud.endpoints)
+        facts = self._facts(state, spec, generation, cloud, hosts, paused=paused)
+        await self._publish(obj, state, facts, **self._cloud_status(cloud, spec, hosts, state))
+        if _mutating(cloud.plan) or any(isinstance(a, WaitFor) for a in cloud.plan.actions):
+            raise RequeueError("cloud resources are still converging", delay=2.0)
+        if not paused and any(h.state == "Pending" for h in hosts):
+            raise RequeueError("hosts are pending", delay=5.0)
+
+    async def _converge_cloud(
+        self,
+        obj: Mapping[str, Any],
+        state: ResourceState,
+        spec: EdxRemoteCacheSpec,
+        owner: Owner,
+        *,
+        mutate: bool,
+    ) -> CloudOutcome:
+        region = spec.region
+        clients = self.a.clients(region)
+        lookups = self.a.lookups(region)
+        observer = self.a.observer(region, float(spec.drift_interval_seconds))
+        image = await asyncio.to_thread(
+            lookups.image, ami=spec.instance.ami, ami_parameter=spec.instance.ami_parameter
+        )
+        vpc_id = await asyncio.to_thread(lookups.vpc_id, spec.instance.subnet_id)
+        edx = await asyncio.to_thread(
+            describe_edx_hosts,
+            clients.ec2,
+            instance_ids=spec.openedx.hosts,
+            selector=spec.openedx.host_selector or None,
+        )
+        edx_ids = [h.instance_id for h in edx if h.state in ("running", "pending", "stopped")]
+        launches, replacements, times = _progress(state.status)
+        deadline = time.monotonic() + CONVERGE_BUDGET_SECONDS
+        result: ActResult | None = None
+        for _round in range(MAX_ACT_ROUNDS):
+            desired = desired_from_spec(
+                spec,
+                owner=owner,
+                ami_id=image.image_id,
+                root_device_name=image.root_device_name,
+                vpc_id=vpc_id,
+                edx_security_groups=edx_security_groups(edx),
+                replacements=replacements,
+            )
+            observed = await asyncio.to_thread(
+                observer.observe, owner, adopt_instance_ids=tuple(spec.instance.adopt_instance_ids)
+            )
+            plan = diff(
+                desired=desired,
+                observed=observed,
+                now=self.a.clock(),
+                launches=launches,
+                replace=frozenset(state.replace),
+            )
+            todo = _mutating(plan)
+            if not mutate or not todo:
+                if (
+                    todo
+                    or not any(isinstance(a, WaitFor) for a in plan.actions)
+                    or time.monotonic() > deadline
+                ):
+                    break
+                await asyncio.sleep(REOBSERVE_DELAY_SECONDS)  # AWS is catching up: re-observe, do not act
+                observer.invalidate(owner)
+                continue
+            tokens = [a.client_token for a in todo if isinstance(a, RunInstance)]
+            if tokens:  # record the launch tokens before the call: a crash right after never launches twice
+                launches = {**launches, **{t: launches.get(t, self.a.clock()) for t in tokens}}
+                await self._save_progress(obj, state, launches, replacements, times)
+            try:
+                done = await asyncio.to_thread(act, plan, clients=clients, ssm_runner=self.a.ssm(region))
+            except (TerminalAwsError, RetryableAwsError) as exc:
+                partial = exc.partial
+                if partial is not None:
+                    launches = record_launches(launches, partial, now=self.a.clock())
+                    replacements = record_replacements(replacements, partial)
+                    await self._save_progress(obj, state, launches, replacements, times)
+                observer.invalidate(owner)
+                raise
+            result = done
+            launches = prune_launches(
+                record_launches(launches, done, now=self.a.clock()),
+                owner_uid=owner.uid,
+                replacements=record_replacements(replacements, done),
+            )
+            if done.generations:
+                times = [*times, *([self.a.clock()] * len(done.generations))]
+                state.replace -= set(done.terminated)
+            replacements = record_replacements(replacements, done)
+            self._announce(obj, plan)
+            observer.invalidate(owner)
+            if done.ssm_unavailable:
+                state.replace |= set(done.ssm_unavailable)
+            await self._save_progress(obj, state, launches, replacements, times)
+            if time.monotonic() > deadline:
+                break
+        return CloudOutcome(
+            desired=desired,
+            observed=observed,
+            plan=plan,
+            endpoints=endpoints(desired=desired, observed=observed),
+            edx_hosts=edx_ids,
+            launches=launches,
+            replacements=replacements,
+            result=result,
+        )
+
+    def _announce(self, obj: Mapping[str, Any], plan: Plan) -> None:
+        kinds = [type(a).__name__ for a in _mutating(plan)]
+        if not kinds:
+            return
+        drift = any(isinstance(a, RevokeIngress | AuthorizeIngress) for a in plan.actions) and not any(
+            isinstance(a, CreateSecurityGroup) for a in plan.actions
+        )
+        reason = "DriftCorrected" if drift else "CloudUpdated"
+        self.a.events(obj, "Normal", reason, ", ".join(dict.fromkeys(kinds)))
+
+    async def _save_progress(
+        self,
+        obj: Mapping[str, Any],
+        state: ResourceState,
+        launches: Mapping[str, float],
+        replacements: Mapping[int, int],
+        times: Sequence[float],
+    ) -> None:
+        progress = _progress_status(launches, replacements, times)
+        if state.status.get("progress") != progress:
+            new = {**state.status, "progress": progress}
+            await self.write_status(obj, state, new, force=True)
+
+    async def _converge_hosts(
+        self,
+        obj: Mapping[str, Any],
+        state: ResourceState,
+        spec: EdxRemoteCacheSpec,
+        cloud: CloudOutcome,
+        *,
+        mutate: bool,
+        trigger: str,
+    ) -> list[HostPushResult]:
+        previous = {h["instanceId"]: HostPushResult.from_status(h) for h in state.status.get("hosts") or []}
+        targets = cloud.endpoints
+        complete = len(targets) == spec.instance.replicas and bool(targets)
+        if not complete or not cloud.edx_hosts:
+            return [previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
+        pushed = list(state.status.get("pushedEndpoints") or [])
+        stale = [h for h in cloud.edx_hosts if h not in previous or previous[h].state != "Configured"]
+        drifted: list[str] = []
+        if trigger == "drift" and not stale and list(targets) == pushed:
+            reports = await asyncio.to_thread(
+                detect_drift,
+                ssm=self.a.ssm(spec.region),
+                hosts=cloud.edx_hosts,
+                expected=expected_files(previous.values()),
+            )
+            drifted = [h for h, r in reports.items() if r.drifted]
+            for host in drifted:
+                self.a.events(obj, "Warning", "HostDrift", f"{host}: {reports[host].reason}; re-applying")
+        if list(targets) == pushed and not stale and not drifted:
+            return [previous[h] for h in cloud.edx_hosts]
+        if not mutate:
+            return [previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
+        replace = [e for e in pushed if e not in targets]
+        results = await asyncio.to_thread(
+            push_hosts,
+            ssm=self.a.ssm(spec.region),
+            hosts=cloud.edx_hosts,
+            openedx=spec.openedx,
+            endpoints=list(targets),
+            replace=replace,
+            port=spec.memcached.port,
+            previous=previous,
+        )
+        for r in results:
+            before = previous.get(r.instance_id)
+            if r.state == "Configured" and r.diffs:
+                self.a.events(obj, "Normal", "HostConfigured", f"{r.instance_id}: {r.message}")
+            elif r.state in ("RolledBack", "Conflict", "Failed", "Unreachable") and (
+                before is None or before.state != r.state or before.message != r.message
+            ):
+                self.a.events(obj, "Warning", f"Host{r.state}", f"{r.instance_id}: {r.message}")
+        if all(r.state == "Configured" for r in results):
+            state.status["pushedEndpoints"] = list(targets)
+        return results
+
+    # ------------------------------------------------------------------------------------------ facts
+
+    def _facts(
+        self,
+        state: ResourceState,
+        spec: EdxRemoteCacheSpec,
+        generation: int,
+        cloud: CloudOutcome,
+        hosts: Sequence[HostPushResult],
+        *,
+        paused: bool,
+    ) -> Facts:
+        desired = cloud.desired
+        ours = [i for i in cloud.observed.instances if desired.owner.owns(i.tag_map)]
+        running = [i for i in ours if i.state == "running"]
+        group = next((g for g in cloud.observed.security_groups if desired.owner.owns(g.tag_map)), None)
+        sg_actions = [
+            a
+            for a in cloud.plan.actions
+            if isinstance(a, CreateSecurityGroup | AuthorizeIngress | RevokeIngress)
+        ]
+        problems = tuple(
+            f"{h.instance_id}: {h.state} ({h.message})"
+            for h in hosts
+            if h.state not in ("Configured", "Pending")
+        )
+        probe = self._probe_facts(state, spec)
+        return Facts(
+            generation=generation,
+            paused=paused,
+            instances_desired=spec.instance.replicas,
+            instances_running=min(len(running), spec.instance.replicas),
+            instance_message="; ".join(cloud.plan.notes),
+            security_group_ready=(group is not None and not sg_actions) if group or sg_actions else None,
+            hosts_total=len(hosts),
+            hosts_configured=sum(1 for h in hosts if h.state == "Configured"),
+            host_problems=problems,
+            converging=bool(cloud.plan.actions),
+            healing=state.healing,
+            **probe,
+        )
+
+    def _probe_facts(self, state: ResourceState, spec: EdxRemoteCacheSpec) -> dict[str, Any]:
+        results = state.last_probe
+        if not results:
+            return {"cache_healthy": None, "cache_message": ""}
+        bad = [r for r in results if not r.healthy]
+        threshold = spec.probe.failure_threshold
+        if bad and (state.consecutive_failures >= threshold or any(r.error_kind == "refused" for r in bad)):
+            message = "; ".join(f"{r.endpoint}: {r.error_kind} ({r.error})" for r in bad)
+            return {"cache_healthy": False, "cache_message": message}
+        _, _, times = _progress(state.status)
+        cold = bool(times) and self.a.clock() - max(times) < COLD_CACHE_SECONDS
+        return {
+            "cache_healthy": True,
+            "cache_message": f"{len(results)} endpoint(s) answer",
+            "cold_cache": cold,
+        }
+
+    def _cloud_status(
+        self,
+        cloud: CloudOutcome,
+        spec: EdxRemoteCacheSpec,
+        hosts: Sequence[HostPushResult],
+        state: ResourceState,
+    ) -> dict[str, Any]:
+        desired = cloud.desired
+        ours = sorted(
+            (i for i in cloud.observed.instances if desired.owner.owns(i.tag_map)),
+            key=lambda i: (i.index if i.index is not None else 99, i.instance_id),
+        )
+        group = next((g for g in cloud.observed.security_groups if desired.owner.owns(g.tag_map)), None)
+        return {
+            "instances": [
+                {"id": i.instance_id, "state": i.state, "privateIp": i.private_ip, "type": i.instance_type}
+                for i in ours
+            ],
+            "securityGroupId": group.group_id if group else None,
+            "endpoints": list(cloud.endpoints),
+            "hosts": [h.to_status() for h in hosts],
+            "region": spec.region,
+            "progress": _progress_status(cloud.launches, cloud.replacements, _progress(state.status)[2]),
+        }
+
+    # ------------------------------------------------------------------------------------------ probing
+
+    async def _probe(
+        self, obj: Mapping[str, Any], state: ResourceState, spec: EdxRemoteCacheSpec, targets: Sequence[str]
+    ) -> list[ProbeResult]:
+        namespace, name, _, _ = _meta(obj)
+        if not targets:
+            state.last_probe = []
+            return []
+        results = await probe_all(targets, resolver=self.a.resolver, timeout=spec.probe.timeout_seconds)
+        state.last_probe = results
+        state.consecutive_failures = (
+            state.consecutive_failures + 1 if any(not r.healthy for r in results) else 0
+        )
+        for r in results:
+            self.a.metrics.record_probe(namespace, name, r)
+        return results
+
+    async def probe_once(self, obj: Mapping[str, Any]) -> list[ProbeResult]:
+        """One probe round from the daemon: updates health, conditions and (when due) the heartbeat."""
+        state = self.state(obj)
+        spec = state.spec
+        if spec is None or state.facts is None or state.stalled_generation is not None:
+            return []
+        targets = list(state.status.get("endpoints") or [])
+        async with state.lock:
+            results = await self._probe(obj, state, spec, targets)
+            facts = dataclasses.replace(state.facts, healing=state.healing, **self._probe_facts(state, spec))
+            health = self._health(state, results)
+            await self._publish(obj, state, facts, health=health)
+        return results
+
+    def _health(self, state: ResourceState, results: Sequence[ProbeResult]) -> dict[str, Any] | None:
+        if not results:
+            return None
+        worst = next((r for r in results if not r.healthy), results[0])
+        return health_status(
+            worst,
+            now=_now_dt(self.a.clock),
+            consecutive_failures=state.consecutive_failures,
+            previous=state.status.get("health"),
+        )
+
+    # ------------------------------------------------------------------------------------------ healing
+
+    async def heal(self, obj: Mapping[str, Any]) -> str | None:
+        """The healing ladder, one rung per call: restart memcached → start/replace the instance."""
+        state = self.state(obj)
+        spec = state.spec
+        if spec is None or not spec.healing.enabled or is_paused(obj, spec):
+            return None
+        if state.consecutive_failures < spec.probe.failure_threshold:
+            if state.healing and state.consecutive_failures == 0:
+                self.a.events(obj, "Normal", "Healed", f"cache healthy again after: {state.healing}")
+                state.healing = None
+            return None
+        failing = [r.endpoint for r in state.last_probe if not r.healthy]
+        by_endpoint = {
+            f"{i.get('privateIp')}:{spec.memcached.port}": i for i in state.status.get("instances") or []
+        }
+        for endpoint in failing:
+            inst = by_endpoint.get(endpoint)
+            if inst is None:
+                continue
+            return await self._heal_instance(obj, state, spec, inst, endpoint)
+        return None
+
+    async def _heal_instance(
+        self,
+        obj: Mapping[str, Any],
+        state: ResourceState,
+        spec: EdxRemoteCacheSpec,
+        inst: Mapping[str, Any],
+        endpoint: str,
+    ) -> str | None:
+        instance_id = inst["id"]
+        now = self.a.clock()
+        restarted = state.restarted_at.get(instance_id)
+        patience = spec.probe.interval_seconds * spec.probe.failure_threshold + 5 * spec.probe.timeout_seconds
+        ssm = self.a.ssm(spec.region)
+        if restarted is None or now - restarted > 3600:
+            pings = await asyncio.to_thread(ssm.ping_statuses, [instance_id])
+            if pings.get(instance_id) == "Online":
+                state.healing = f"restarting memcached on {instance_id} ({endpoint} failing)"
+                state.restarted_at[instance_id] = now
+                await self._record_heal(obj, state, "RestartMemcached", instance_id, state.healing)
+                try:
+                    result = await asyncio.to_thread(
+                        ssm.run_script, instance_id, "systemctl restart memcached\n", timeout=60,
+                        comment="edx-remote-cache heal",
+                    )  # fmt: skip
+                    if result.ok:
+                        return "RestartMemcached"
+                except SsmError as exc:
+                    log.warning("restart of memcached on %s failed: %s", instance_id, exc)
+        elif now - restarted < patience:
+            return None  # give the restart time to show in the probes
+        # Still failing (or no agent): let the cloud reconcile start a stopped instance, replace anything else.
+        _, _, times = _progress(state.status)
+        recent = [t for t in times if now - t < 3600]
+        if inst.get("state") == "stopped":
+            state.healing = f"starting stopped instance {instance_id}"
+            await self._record_heal(obj, state, "StartInstance", instance_id, state.healing)
+        elif len(recent) >= spec.healing.max_replacements_per_hour:
+            message = (
+                f"healing: {len(recent)} replacement(s) in the last hour reached healing.maxReplacementsPerHour "
+                f"({spec.healing.max_replacements_per_hour}); {instance_id} stays unhealthy until a human looks"
+            )
+            state.healing = None
+            _, _, _, generation = _meta(obj)
+            state.stalled_generation = generation
+            await self._publish(
+                obj, state, dataclasses.replace(state.facts or Facts(generation), terminal_error=message)
+            )
+            self.a.events(obj, "Warning", "HealingRateLimited", message)
+            return "RateLimited"
+        else:
+            state.healing = f"replacing {instance_id} ({endpoint} still failing)"
+            state.replace.add(instance_id)
+            await self._record_heal(obj, state, "ReplaceInstance", instance_id, state.healing)
+        observer = self.a.observer(spec.region, float(spec.drift_interval_seconds))
+        namespace, name, uid, _ = _meta(obj)
+        observer.invalidate(Owner(namespace, name, uid))
+        with contextlib.suppress(RequeueError):  # the daemon's next round continues where this stopped
+            await self.reconcile(obj, trigger="heal")
+        return "ReplaceInstance" if instance_id in state.replace or state.healing else "StartInstance"
+
+    async def _record_heal(
+        self, obj: Mapping[str, Any], state: ResourceState, action: str, instance_id: str, reason: str
+    ) -> None:
+        namespace, name, _, _ = _meta(obj)
+        self.a.metrics.heals.labels(namespace, name, action).inc()
+        self.a.events(obj, "Warning", action, reason)
+        last = {"action": action, "time": _now_dt(self.a.clock).strftime("%Y-%m-%dT%H:%M:%SZ"), "reason": reason,
+                "instanceId": instance_id}  # fmt: skip
+        if state.facts is not None:
+            facts = dataclasses.replace(state.facts, healing=state.healing)
+            await self._publish(obj, state, facts, lastHeal=last)
+
+    # ------------------------------------------------------------------------------------------ teardown
+
+    async def teardown(self, obj: Mapping[str, Any], *, retry: int = 0) -> None:
+        """Delete: revert the hosts, terminate, delete the SG. Raises RequeueError until finished."""
+        state = self.state(obj)
+        namespace, name, uid, _ = _meta(obj)
+        try:
+            spec = parse_spec(obj.get("spec"))
+        except SpecError:
+            return  # never acted on: nothing in AWS is ours
+        owner = Owner(namespace, name, uid)
+        async with state.lock:
+            status = state.status or dict(obj.get("status") or {})
+            pushed = list(status.get("pushedEndpoints") or status.get("endpoints") or [])
+            hosts = [h["instanceId"] for h in status.get("hosts") or [] if h.get("state") != "Pending"]
+            if spec.revert_hosts_on_delete and hosts and pushed and not status.get("hostsReverted"):
+                results = await asyncio.to_thread(
+                    revert_hosts,
+                    ssm=self.a.ssm(spec.region),
+                    hosts=hosts,
+                    openedx=spec.openedx,
+                    current_endpoints=pushed,
+                    port=spec.memcached.port,
+                )
+                failed = [r for r in results if r.state != "Configured"]
+                if failed and retry < 3:
+                    raise RequeueError(
+                        "; ".join(f"{r.instance_id}: {r.state} {r.message}" for r in failed), 5.0
+                    )
+                for r in failed:
+                    self.a.events(obj, "Warning", "RevertFailed", f"{r.instance_id}: {r.state} {r.message}")
+                for r in results:
+                    if r.state == "Configured":
+                        self.a.events(
+                            obj, "Normal", "HostReverted", f"{r.instance_id} points at localhost again"
+                        )
+                state.status["hostsReverted"] = True
+            observer = self.a.observer(spec.region, float(spec.drift_interval_seconds))
+            clients = self.a.clients(spec.region)
+            deadline = time.monotonic() + CONVERGE_BUDGET_SECONDS
+            while True:
+                observer.invalidate(owner)
+                observed = await asyncio.to_thread(observer.observe, owner)
+                plan = teardown_plan(observed=observed, owner=owner, policy=spec.deletion_policy)
+                if not plan.actions:
+                    break
+                if _mutating(plan):
+                    try:
+                        await asyncio.to_thread(act, plan, clients=clients)
+                    except RetryableAwsError as exc:
+                        raise RequeueError(f"AWS {exc.code}: {exc.message}", 5.0) from exc
+                elif time.monotonic() > deadline:
+                    raise RequeueError("waiting for instances to terminate", 5.0)
+                else:
+                    await asyncio.sleep(REOBSERVE_DELAY_SECONDS)
+            self.a.events(
+                obj, "Normal", "Deleted", f"cloud resources removed (deletionPolicy {spec.deletion_policy})"
+            )
+        self.forget(obj)
+
+
+def owner_key(obj: Mapping[str, Any]) -> str:
+    namespace, name, _, _ = _meta(obj)
+    return f"{namespace}/{name}"
+
+
+__all__ = ["OWNER_TAG", "Adapters", "Reconciler", "RequeueError", "ResourceState", "is_paused", "owner_key"]

@@ -1,0 +1,757 @@
+"""Cache hosts for the sandbox: a real memcached on 127.0.0.1 for every instance launched with the operator's
+user-data, plus the host tools (fake curl/systemctl) that SSM scripts call on any sandbox host.
+
+When such an instance reaches ``running``, memcached starts from the config carried in its user-data (parsed by
+:func:`edx_remote_cache.userdata.parse_memcached_conf`), with only ``-l`` (127.0.0.1) and ``-p`` (ephemeral,
+kept across restarts) overridden, ``-P``/``-d`` dropped and ``-u`` adapted; so a flag memcached rejects fails the
+host as it would on EC2. The JSON address map ``{"<privateIp>:<conf port>": "127.0.0.1:<port>"}`` is rewritten
+atomically whenever a cache host starts or stops; the operator's resolver reads it and never dials anything else.
+
+While a running host's memcached is down (killed, stopped with systemctl), its loopback port stays reserved by a
+bound, non-listening socket: a client gets "connection refused", as from the real host, and never another
+host's memcached that happened to get the same port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edx_remote_cache.sandbox.aws import AwsServer, decode_user_data
+from edx_remote_cache.sandbox.ssm_agent import HostRegistry, SandboxHost
+from edx_remote_cache.userdata import (
+    CONF_BEGIN,
+    CONF_END,
+    PRIVATE_IP_PLACEHOLDER,
+    extract_memcached_conf,
+    parse_memcached_conf,
+)
+
+__all__ = [
+    "OWNER_ENV",
+    "CacheHost",
+    "CacheHostManager",
+    "ControlServer",
+    "Systemctl",
+    "memcached_argv",
+    "reap_orphans",
+    "write_host_tools",
+]
+
+OWNER_ENV = "EDX_REMOTE_CACHE_SANDBOX_OWNER"  # marks processes the sandbox started, so orphans can be reaped
+START_TIMEOUT = 5.0
+_DROPPED = {"-l", "--listen", "-p", "--port", "-P", "--pidfile", "-d", "--daemon"}
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def memcached_argv(conf: str, port: int | None, binary: str = "memcached") -> list[str]:
+    """memcached's command line for ``conf``: listen on 127.0.0.1:``port`` (None: ephemeral), nothing else changed."""
+    argv = [binary]
+    user: str | None = None
+    for flag, value in parse_memcached_conf(conf):
+        name = flag.split("=", 1)[0]
+        if name in _DROPPED:
+            continue
+        if name in ("-u", "--user"):
+            user = value if value is not None else flag.partition("=")[2] or None
+            continue
+        argv.append(flag)
+        if value is not None:
+            argv.append(value)
+    if os.geteuid() == 0:
+        # The Debian package creates "memcache" on the real host; stand in with root only if this machine lacks it.
+        # Any other user is kept as is, so a user the real host would not have fails here too.
+        user = user or "memcache"
+        argv += ["-u", "root" if user == "memcache" and not _user_exists(user) else user]
+    argv += ["-l", "127.0.0.1", "-p", str(port) if port else "-1"]
+    return argv
+
+
+def conf_port(conf: str) -> int:
+    """The port the host's memcached listens on, as its clients see it."""
+    port = 11211
+    for flag, value in parse_memcached_conf(conf):
+        if flag in ("-p", "--port") and value and value.isdigit():
+            port = int(value)
+        elif flag.startswith("--port=") and flag[7:].isdigit():
+            port = int(flag[7:])
+    return port
+
+
+def reap_orphans() -> list[int]:
+    """Kill processes left by sandboxes whose Python process died (SIGKILL, crash); returns their pids."""
+    killed: list[int] = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        marker = f"{OWNER_ENV}=".encode()
+        for item in environ.split(b"\0"):
+            if item.startswith(marker):
+                owner = item[len(marker) :].decode(errors="replace")
+                if owner.isdigit() and int(owner) != me and not Path(f"/proc/{owner}").exists():
+                    with contextlib.suppress(OSError):
+                        os.kill(int(entry.name), signal.SIGKILL)
+                        killed.append(int(entry.name))
+                break
+    return killed
+
+
+@dataclass
+class CacheHost:
+    """One cache host's memcached, as the sandbox runs it."""
+
+    host: SandboxHost
+    conf_port: int
+    process: subprocess.Popen[bytes] | None = None
+    port: int | None = None  # its loopback port (kept across restarts while the instance exists)
+    state: str = "stopped"  # running | stopped | failed (as systemd would say: active / inactive / failed)
+    failure: str | None = None
+    enabled: bool = True
+    instance_running: bool = False
+    hung: bool = False
+    fail_restarts: bool = False
+    placeholder: socket.socket | None = field(default=None, repr=False)
+
+    @property
+    def instance_id(self) -> str:
+        return self.host.instance_id
+
+    @property
+    def endpoint(self) -> str:
+        """What the operator dials: ``<private ip>:<conf port>``."""
+        return f"{self.host.private_ip}:{self.conf_port}"
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where that endpoint really is, on loopback (None while unmapped)."""
+        return ("127.0.0.1", self.port) if self.port and self.instance_running else None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None and self.process.poll() is None else None
+
+    @property
+    def conf_path(self) -> Path:
+        """The host's /etc/memcached.conf (its /etc overlay's upper layer)."""
+        return self.host.etc_upper / "memcached.conf"
+
+
+class CacheHostManager:
+    """Keeps one memcached per running cache host, driven by EC2 state and by the host's (fake) systemctl."""
+
+    def __init__(
+        self,
+        aws: AwsServer,
+        registry: HostRegistry,
+        hosts_dir: Path,
+        runtime_dir: Path,
+        address_map_path: Path,
+        *,
+        on_host: Callable[[SandboxHost], None] | None = None,
+        memcached: str | None = None,
+    ) -> None:
+        self.aws = aws
+        self.registry = registry
+        self.hosts_dir = hosts_dir
+        self.runtime_dir = runtime_dir
+        self.address_map_path = address_map_path
+        self.on_host = on_host
+        self.memcached = memcached or shutil.which("memcached") or "/usr/bin/memcached"
+        self.hosts: dict[str, CacheHost] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # -- EC2 state → processes --------------------------------------------------------------------------------------
+
+    def sync(self, rebooted: tuple[str, ...] = ()) -> None:
+        """Bring memcached processes in line with EC2: start on running, kill on stopped/terminated."""
+        with self._lock:
+            if self._closed:
+                return
+            for backend in self.aws.ec2_backends():
+                for instance in backend.all_instances():
+                    self._sync_instance(instance, backend.region_name, instance.id in rebooted)
+            self._write_map()
+
+    def _sync_instance(self, instance: Any, region: str, rebooted: bool) -> None:
+        cache = self.hosts.get(instance.id)
+        running = instance.state == "running"
+        if cache is None:
+            if not running:
+                return
+            conf = extract_memcached_conf(decode_user_data(instance.user_data) or "")
+            if conf is None:
+                return
+            cache = self._register(instance, region, conf)
+            cache.instance_running = True
+            self._start(cache, self._read_conf(cache))  # cloud-init: write the conf, enable, restart
+            return
+        if running and (not cache.instance_running or rebooted):
+            if rebooted:
+                self._stop(cache, state="stopped")
+            cache.instance_running = True
+            if cache.enabled:  # systemd starts an enabled memcached at boot, from the conf on disk
+                self._start(cache, self._read_conf(cache))
+        elif not running and cache.instance_running:
+            cache.instance_running = False
+            self._stop(cache, state="stopped")
+            self._release_port(cache)
+
+    def _register(self, instance: Any, region: str, conf: str) -> CacheHost:
+        host = SandboxHost(
+            instance_id=instance.id,
+            kind="cache",
+            private_ip=instance.private_ip,
+            region=region,
+            dir=self.hosts_dir / instance.id,
+        )
+        host.create_dirs()
+        cache = CacheHost(host=host, conf_port=conf_port(conf))
+        body = conf.replace(PRIVATE_IP_PLACEHOLDER, host.private_ip)
+        cache.conf_path.write_text(f"{CONF_BEGIN}\n{body}{CONF_END}\n", encoding="utf-8")
+        self.hosts[host.instance_id] = cache
+        if self.on_host is not None:
+            self.on_host(host)
+        self.registry.add(host)
+        return cache
+
+    @staticmethod
+    def _read_conf(cache: CacheHost) -> str | OSError:
+        path = cache.conf_path if os.path.lexists(cache.conf_path) else Path("/etc/memcached.conf")
+        try:
+            return path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            return exc
+
+    # -- processes --------------------------------------------------------------------------------------------------
+
+    def _start(self, cache: CacheHost, conf: str | OSError) -> bool:
+        """Start memcached (if not running) from ``conf``; on failure the host is ``failed`` with the reason."""
+        if cache.process is not None and cache.process.poll() is None:
+            return True
+        if isinstance(conf, OSError):
+            return self._fail(cache, f"cannot read /etc/memcached.conf: {conf.strerror or conf}")
+        cache.conf_port = conf_port(conf)
+        preferred = cache.port
+        self._close_placeholder(cache)
+        ok, detail = self._spawn(cache, conf, preferred)
+        if not ok and preferred is not None and "in use" in detail:
+            ok, detail = self._spawn(cache, conf, None)
+        if not ok:
+            return self._fail(cache, detail)
+        cache.state, cache.failure, cache.hung = "running", None, False
+        return True
+
+    def _spawn(self, cache: CacheHost, conf: str, port: int | None) -> tuple[bool, str]:
+        port_file = self.runtime_dir / f"{cache.instance_id}.port"
+        port_file.unlink(missing_ok=True)
+        argv = memcached_argv(conf, port, self.memcached)
+        log_path = cache.host.dir / "memcached.log"
+        with open(log_path, "ab") as log:
+            log.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
+            log.flush()
+            offset = log.tell()
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env={
+                    "MEMCACHED_PORT_FILENAME": str(port_file),
+                    OWNER_ENV: str(os.getpid()),
+                    "PATH": "/usr/bin:/bin",
+                },
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return False, f"memcached exited with {process.returncode}: {_tail(log_path, offset)}"
+            if port_file.exists():
+                for line in port_file.read_text(errors="replace").splitlines():
+                    if line.startswith("TCP INET:"):
+                        cache.process, cache.port = process, int(line.split(":", 1)[1])
+                        return True, ""
+            time.sleep(0.003)
+        _terminate(process)
+        return False, f"memcached did not listen within {START_TIMEOUT:.0f} s: {_tail(log_path, offset)}"
+
+    def _fail(self, cache: CacheHost, reason: str) -> bool:
+        cache.state, cache.failure = "failed", reason
+        self._reserve_port(cache)
+        return False
+
+    def _stop(self, cache: CacheHost, *, state: str) -> None:
+        if cache.process is not None:
+            _terminate(cache.process)
+            cache.process = None
+        cache.state, cache.hung = state, False
+        if cache.instance_running:
+            self._reserve_port(cache)
+
+    def _reserve_port(self, cache: CacheHost) -> None:
+        if cache.port is None or cache.placeholder is not None or not cache.instance_running:
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", cache.port))
+        except OSError:
+            sock.close()
+            return
+        cache.placeholder = sock
+
+    @staticmethod
+    def _close_placeholder(cache: CacheHost) -> None:
+        if cache.placeholder is not None:
+            cache.placeholder.close()
+            cache.placeholder = None
+
+    def _release_port(self, cache: CacheHost) -> None:
+        self._close_placeholder(cache)
+
+    def _write_map(self) -> None:
+        mapping = {
+            c.endpoint: f"{c.address[0]}:{c.address[1]}" for c in self.hosts.values() if c.address is not None
+        }
+        tmp = self.address_map_path.with_name(f".{self.address_map_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(mapping, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, self.address_map_path)
+
+    def refresh(self) -> None:
+        """Notice memcached processes that died on their own (systemd would report them failed)."""
+        with self._lock:
+            for cache in self.hosts.values():
+                if cache.process is not None and cache.process.poll() is not None:
+                    cache.failure = f"memcached exited with {cache.process.returncode}"
+                    cache.process, cache.state = None, "failed"
+                    self._reserve_port(cache)
+
+    # -- systemctl on a cache host ----------------------------------------------------------------------------------
+
+    def unit(self, instance_id: str, action: str, conf: str | OSError | None) -> tuple[int, str, str]:
+        """``systemctl ACTION memcached`` on the host; ``conf`` is its /etc/memcached.conf as the script saw it."""
+        self.refresh()
+        with self._lock:
+            cache = self.hosts[instance_id]
+            text = conf if conf is not None else self._read_conf(cache)
+            failed_job = (
+                "Job for memcached.service failed because the control process exited with error code.\n"
+                'See "systemctl status memcached.service" and "journalctl -xeu memcached.service" for details.\n'
+            )
+            try:
+                if action in (
+                    "start",
+                    "restart",
+                    "try-restart",
+                    "reload-or-restart",
+                    "force-reload",
+                    "reload",
+                ):
+                    if action == "try-restart" and cache.state != "running":
+                        return 0, "", ""
+                    if action != "start":
+                        self._stop(cache, state="stopped")
+                    if cache.fail_restarts:
+                        self._fail(cache, "restart failed (sandbox fault)")
+                        return 1, "", failed_job
+                    # Type=simple: systemctl returns 0 once the process is forked, even if memcached dies at once
+                    self._start(cache, text)
+                    return 0, "", ""
+                if action == "stop":
+                    self._stop(cache, state="stopped")
+                    return 0, "", ""
+                if action == "enable":
+                    cache.enabled = True
+                    return 0, "", ""
+                if action == "disable":
+                    cache.enabled = False
+                    return 0, "", ""
+                if action == "is-enabled":
+                    return (0, "enabled\n", "") if cache.enabled else (1, "disabled\n", "")
+                if action in ("is-active", "status"):
+                    word = {"running": "active", "stopped": "inactive", "failed": "failed"}[cache.state]
+                    rc = 0 if word == "active" else 3
+                    if action == "is-active":
+                        return rc, word + "\n", ""
+                    text_status = f"● memcached.service - memcached daemon\n     Active: {word}\n"
+                    if cache.failure and word == "failed":
+                        text_status += f"     Error: {cache.failure}\n"
+                    return rc, text_status, ""
+                if action == "is-failed":
+                    return (0, "failed\n", "") if cache.state == "failed" else (1, "active\n", "")
+                return 1, "", f"Unknown command verb {action}.\n"
+            finally:
+                self._write_map()
+
+    # -- faults -----------------------------------------------------------------------------------------------------
+
+    def get(self, instance_id: str) -> CacheHost:
+        with self._lock:
+            if instance_id not in self.hosts:
+                raise KeyError(f"{instance_id} is not a sandbox cache host (yet)")
+            return self.hosts[instance_id]
+
+    def kill(self, instance_id: str) -> None:
+        """SIGKILL the host's memcached (systemd would then call the unit failed)."""
+        with self._lock:
+            cache = self.get(instance_id)
+            if cache.process is None:
+                raise RuntimeError(f"memcached on {instance_id} is not running")
+            cache.process.send_signal(signal.SIGKILL)
+            cache.process.wait()
+            cache.failure = "memcached killed by SIGKILL (sandbox fault)"
+            cache.process, cache.state, cache.hung = None, "failed", False
+            self._reserve_port(cache)
+
+    def hang(self, instance_id: str) -> None:
+        """SIGSTOP: connections are accepted by the kernel but never answered."""
+        with self._lock:
+            cache = self.get(instance_id)
+            if cache.process is None:
+                raise RuntimeError(f"memcached on {instance_id} is not running")
+            cache.process.send_signal(signal.SIGSTOP)
+            cache.hung = True
+
+    def resume(self, instance_id: str) -> None:
+        with self._lock:
+            cache = self.get(instance_id)
+            if cache.process is not None:
+                cache.process.send_signal(signal.SIGCONT)
+            cache.hung = False
+
+    def set_fail_restarts(self, instance_id: str, fail: bool) -> None:
+        with self._lock:
+            self.get(instance_id).fail_restarts = fail
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for cache in self.hosts.values():
+                if cache.process is not None:
+                    _terminate(cache.process)
+                    cache.process = None
+                cache.state = "stopped"
+                self._close_placeholder(cache)
+            self.address_map_path.unlink(missing_ok=True)
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL: memcached keeps nothing on disk, and its graceful SIGTERM exit takes ~0.7 s per restart."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait()
+
+
+def _tail(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as log:
+            log.seek(offset)
+            return log.read()[-2000:].decode(errors="replace").strip() or "(no output)"
+    except OSError:
+        return "(no log)"
+
+
+# -- host tools: fake curl and systemctl, and the socket systemctl talks to ------------------------------------------
+
+_CURL = r"""#!/bin/bash
+# Sandbox stand-in for curl on @IID@: answers the EC2 instance metadata service (IMDSv2) for this host;
+# anything else fails as it would with no network. (A real curl is at /usr/bin/curl, and cannot connect either.)
+method=GET; url=""; token=""; fail=0; out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -X|--request) method=$2; shift 2 ;;
+    -H|--header) case "$2" in [Xx]-aws-ec2-metadata-token:*) token=${2#*:}; token=${token# } ;; esac; shift 2 ;;
+    -o|--output) out=$2; shift 2 ;;
+    -d|--data|--data-raw|--data-binary|-m|--max-time|--connect-timeout|--retry|--retry-delay|-w|--write-out|\
+-u|--user|-A|--user-agent|-e|--referer|-x|--proxy|--resolve|--cacert|-E|--cert|-b|--cookie|-c|--cookie-jar) shift 2 ;;
+    --fail|-f) fail=1; shift ;;
+    --*) shift ;;
+    -*) case "$1" in *f*) fail=1 ;; esac; shift ;;
+    *) url=$1; shift ;;
+  esac
+done
+emit() { if [ -n "$out" ]; then printf '%s' "$1" > "$out"; else printf '%s' "$1"; fi; }
+case "$url" in
+  http://169.254.169.254/*|http://169.254.169.254) ;;
+  *)
+    host=${url#*://}; host=${host%%/*}; host=${host%%:*}
+    case "$host" in
+      [0-9]*.[0-9]*.[0-9]*.[0-9]*) echo "curl: (7) Failed to connect to $host port 80 after 0 ms: Network is unreachable" >&2; exit 7 ;;
+      *) echo "curl: (6) Could not resolve host: $host" >&2; exit 6 ;;
+    esac ;;
+esac
+path=${url#http://169.254.169.254}
+if [ "$path" = /latest/api/token ]; then
+  if [ "$method" != PUT ]; then emit "Method Not Allowed"; [ $fail = 1 ] && exit 22; exit 0; fi
+  emit "@TOKEN@"; exit 0
+fi
+if [ "$token" != "@TOKEN@" ]; then
+  [ $fail = 1 ] && { echo "curl: (22) The requested URL returned error: 401" >&2; exit 22; }
+  emit "<?xml version=\"1.0\"?><html><head><title>401 - Unauthorized</title></head></html>"; exit 0
+fi
+case "$path" in
+  /latest/meta-data/local-ipv4) emit "@IP@" ;;
+  /latest/meta-data/instance-id) emit "@IID@" ;;
+  /latest/meta-data/local-hostname|/latest/meta-data/hostname) emit "@HOSTNAME@.ec2.internal" ;;
+  /latest/meta-data/placement/region) emit "@REGION@" ;;
+  /latest/meta-data/placement/availability-zone) emit "@REGION@a" ;;
+  *) [ $fail = 1 ] && { echo "curl: (22) The requested URL returned error: 404" >&2; exit 22; }
+     emit "<?xml version=\"1.0\"?><html><head><title>404 - Not Found</title></head></html>" ;;
+esac
+"""
+
+_SYSTEMCTL = r'''#!@PYTHON@ -IS
+"""Sandbox stand-in for systemctl on @IID@: asks the sandbox to act on this host's units."""
+import json
+import socket
+import sys
+
+
+def main() -> int:
+    conf, conf_error = None, None
+    try:
+        with open("/etc/memcached.conf", encoding="utf-8", errors="replace") as handle:
+            conf = handle.read()
+    except OSError as exc:
+        conf_error = f"{exc.strerror}: /etc/memcached.conf"
+    request = {"host": "@IID@", "args": sys.argv[1:], "conf": conf, "conf_error": conf_error}
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect("@SOCKET@")
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        reply = json.loads(data)
+    except (OSError, ValueError) as exc:
+        print(f"System has not been booted with systemd as init system (PID 1). Can't operate. ({exc})", file=sys.stderr)
+        return 1
+    sys.stdout.write(reply.get("stdout", ""))
+    sys.stderr.write(reply.get("stderr", ""))
+    return int(reply.get("rc", 1))
+
+
+sys.exit(main())
+'''
+
+
+def write_host_tools(host: SandboxHost, control_socket: Path) -> None:
+    """The host's fake curl (IMDS answers) and systemctl (via the control socket), first on its agent's PATH."""
+    host.bin_dir.mkdir(parents=True, exist_ok=True)
+    values = {
+        "@IID@": host.instance_id,
+        "@IP@": host.private_ip,
+        "@HOSTNAME@": host.hostname,
+        "@REGION@": host.region,
+        "@TOKEN@": f"AQAEA-sandbox-imds-token-{host.instance_id}",
+        "@SOCKET@": str(control_socket),
+        "@PYTHON@": sys.executable,
+    }
+    for name, template in (("curl", _CURL), ("systemctl", _SYSTEMCTL)):
+        text = template
+        for key, value in values.items():
+            text = text.replace(key, value)
+        path = host.bin_dir / name
+        path.write_text(text, encoding="utf-8")
+        path.chmod(0o755)
+
+
+@dataclass
+class _Unit:
+    active: bool = True
+    enabled: bool = True
+
+
+class Systemctl:
+    """What ``systemctl`` does on a sandbox host: memcached on cache hosts is real; other units are just state."""
+
+    OPTIONS_WITH_VALUE = {
+        "-t",
+        "--type",
+        "-p",
+        "--property",
+        "-H",
+        "--host",
+        "-M",
+        "--machine",
+        "-n",
+        "--lines",
+    }
+
+    def __init__(self, registry: HostRegistry, caches: CacheHostManager) -> None:
+        self.registry = registry
+        self.caches = caches
+        self._units: dict[str, dict[str, _Unit]] = {}
+        self._lock = threading.Lock()
+
+    def _edx_units(self, instance_id: str) -> dict[str, _Unit]:
+        # An Open edX native host runs these; memcached is the local cache the operator may disable.
+        with self._lock:
+            return self._units.setdefault(
+                instance_id,
+                {
+                    name: _Unit()
+                    for name in ("memcached", "supervisor", "nginx", "mysql", "mongod", "rabbitmq-server")
+                },
+            )
+
+    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+        instance_id = str(request.get("host", ""))
+        args = [str(a) for a in request.get("args", [])]
+        rc, out, err = self._run(instance_id, args, request.get("conf"), request.get("conf_error"))
+        host = self.registry.get(instance_id)
+        if host is not None:
+            with open(host.dir / "systemctl.log", "a", encoding="utf-8") as log:
+                log.write(json.dumps({"time": time.time(), "args": args, "rc": rc}) + "\n")
+        return {"rc": rc, "stdout": out, "stderr": err}
+
+    def _run(
+        self, instance_id: str, args: list[str], conf: str | None, conf_error: str | None
+    ) -> tuple[int, str, str]:
+        host = self.registry.get(instance_id)
+        if host is None:
+            return 1, "", "Failed to connect to bus: No such file or directory\n"
+        words, quiet, now = [], False, False
+        skip = False
+        for arg in args:
+            if skip:
+                skip = False
+            elif arg in self.OPTIONS_WITH_VALUE:
+                skip = True
+            elif arg in ("-q", "--quiet"):
+                quiet = True
+            elif arg == "--now":
+                now = True
+            elif not arg.startswith("-"):
+                words.append(arg)
+        if not words:
+            return 0, "", ""
+        verb, units = words[0], [u.removesuffix(".service") for u in words[1:]]
+        if verb == "daemon-reload":
+            return 0, "", ""
+        if not units:
+            return 1, "", f"Too few arguments for {verb}.\n"
+        rc, out, err = 0, "", ""
+        for unit in units:
+            actions = [verb]
+            if now and verb in ("enable", "disable"):
+                actions.append("start" if verb == "enable" else "stop")
+            for action in actions:
+                code, o, e = self._unit(host, unit, action, conf, conf_error)
+                rc, out, err = max(rc, code), out + ("" if quiet else o), err + e
+        return rc, out, err
+
+    def _unit(
+        self, host: SandboxHost, unit: str, action: str, conf: str | None, conf_error: str | None
+    ) -> tuple[int, str, str]:
+        if host.kind == "cache" and unit == "memcached":
+            text: str | OSError | None = OSError(conf_error) if conf_error else conf
+            return self.caches.unit(host.instance_id, action, text)
+        units = self._edx_units(host.instance_id) if host.kind == "edx" else {}
+        state = units.get(unit)
+        if state is None:
+            if action in ("is-active", "status"):
+                return (
+                    3 if action == "is-active" else 4,
+                    "inactive\n" if action == "is-active" else "",
+                    (f"Unit {unit}.service could not be found.\n" if action == "status" else ""),
+                )
+            if action in ("enable", "disable", "is-enabled"):
+                return 1, "", f"Failed to {action} unit: Unit file {unit}.service does not exist.\n"
+            return 5, "", f"Failed to {action} {unit}.service: Unit {unit}.service not found.\n"
+        if action in ("start", "restart", "try-restart", "reload", "reload-or-restart"):
+            state.active = True
+        elif action == "stop":
+            state.active = False
+        elif action == "enable":
+            state.enabled = True
+        elif action == "disable":
+            state.enabled = False
+        elif action == "is-active":
+            return (0, "active\n", "") if state.active else (3, "inactive\n", "")
+        elif action == "is-enabled":
+            return (0, "enabled\n", "") if state.enabled else (1, "disabled\n", "")
+        elif action == "status":
+            word = "active (running)" if state.active else "inactive (dead)"
+            return (0 if state.active else 3), f"● {unit}.service\n     Active: {word}\n", ""
+        elif action in ("mask", "unmask"):
+            return 0, "", ""
+        else:
+            return 1, "", f"Unknown command verb {action}.\n"
+        return 0, "", ""
+
+    def unit_state(self, instance_id: str, unit: str) -> tuple[bool, bool] | None:
+        """(active, enabled) of a non-memcached-cache unit, for tests."""
+        state = self._edx_units(instance_id).get(unit)
+        return None if state is None else (state.active, state.enabled)
+
+
+class ControlServer:
+    """A unix socket on which the hosts' fake systemctl reaches the sandbox (it works across net namespaces)."""
+
+    def __init__(self, path: Path, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.path = path
+        self.handler = handler
+        self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        handler = self.handler
+
+        class Handle(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                try:
+                    request = json.loads(self.rfile.readline() or b"{}")
+                    reply = handler(request)
+                except Exception as exc:  # the script gets an error, the sandbox keeps serving
+                    reply = {"rc": 1, "stdout": "", "stderr": f"sandbox systemctl error: {exc!r}\n"}
+                with contextlib.suppress(OSError):  # the script was killed (timeout, teardown) meanwhile
+                    self.wfile.write(json.dumps(reply).encode())
+
+        self.path.unlink(missing_ok=True)
+        server = socketserver.ThreadingUnixStreamServer(str(self.path), Handle)
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="sandbox-control", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self.path.unlink(missing_ok=True)

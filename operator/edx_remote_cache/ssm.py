@@ -1,0 +1,237 @@
+"""Thin boto3 adapter for SSM Run Command: run one bash script on one instance and return what it printed.
+
+It hides the parts of SSM that bite: GetCommandInvocation answers ``InvocationDoesNotExist`` for a moment
+after SendCommand, busy accounts get ``ThrottlingException``, DescribeInstanceInformation takes at most 50
+instance ids per call, and a command to an offline agent waits for its delivery timeout. Polling starts at
+0.1 s and backs off with jitter, so a short script on a healthy agent returns in well under a second.
+
+The client is injected (``SsmAdapter(boto3.client("ssm"))``); tests pass a sandbox or a Stubber client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+__all__ = [
+    "DOCUMENT",
+    "MAX_IDS_PER_CALL",
+    "CommandResult",
+    "SsmAdapter",
+    "SsmError",
+]
+
+DOCUMENT = "AWS-RunShellScript"
+MAX_IDS_PER_CALL = 50  # DescribeInstanceInformation's InstanceIds filter and SendCommand's InstanceIds
+TERMINAL_STATUSES = frozenset({"Success", "Failed", "Cancelled", "TimedOut"})
+THROTTLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ThrottledException",
+    }
+)
+# SendCommand refusals that mean "this instance cannot take commands right now", not "the request is wrong".
+UNREACHABLE_CODES = frozenset({"InvalidInstanceId", "UnsupportedPlatformType", "InvalidTarget"})
+
+
+class SsmError(RuntimeError):
+    """An SSM API call failed for good (after retries); ``code`` is AWS's error code."""
+
+    def __init__(self, code: str, message: str, *, operation: str = "") -> None:
+        self.code = code
+        self.operation = operation
+        super().__init__(f"{operation}: {code}: {message}" if operation else f"{code}: {message}")
+
+    @property
+    def unreachable(self) -> bool:
+        """The instance is not taking commands (agent offline, stopped, not managed)."""
+        return self.code in UNREACHABLE_CODES
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """One invocation's outcome as GetCommandInvocation reports it (output already truncated by SSM)."""
+
+    command_id: str
+    status: str  # Success, Failed, TimedOut, Cancelled (or DeliveryTimedOut when it never reached the agent)
+    exit_code: int  # the script's exit status; -1 when it did not run to completion
+    stdout: str
+    stderr: str
+    status_details: str = ""
+    duration: float = 0.0  # seconds from SendCommand to the terminal status
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "Success" and self.exit_code == 0
+
+    @property
+    def delivered(self) -> bool:
+        """False when the agent never picked the command up (nothing ran on the host)."""
+        return self.status_details not in ("Delivery Timed Out", "Undeliverable", "DeliveryTimedOut")
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def _message(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Message", str(exc)))
+
+
+class SsmAdapter:
+    """Run scripts through ``AWS-RunShellScript`` and read agent ping status; every wait is bounded."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[float, float], float] = random.uniform,
+        first_poll: float = 0.1,
+        backoff: float = 1.3,
+        max_poll: float = 2.0,
+        delivery_timeout: int = 30,
+        appear_grace: float = 30.0,
+        api_retries: int = 8,
+    ) -> None:
+        self.client = client
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter
+        self.first_poll = first_poll
+        self.backoff = backoff
+        self.max_poll = max_poll
+        self.delivery_timeout = max(30, int(delivery_timeout))  # SSM's minimum TimeoutSeconds
+        self.appear_grace = appear_grace
+        self.api_retries = api_retries
+
+    @classmethod
+    def from_boto3(
+        cls, *, region: str, endpoint_url: str | None = None, session: Any = None, **kwargs: Any
+    ) -> SsmAdapter:
+        """Build on a boto3 client (``endpoint_url`` points at the sandbox's loopback moto server)."""
+        import boto3
+
+        factory = session.client if session is not None else boto3.client
+        return cls(factory("ssm", region_name=region, endpoint_url=endpoint_url), **kwargs)
+
+    # ------------------------------------------------------------------------------------------ API calls
+
+    def _call(self, operation: str, **params: Any) -> Mapping[str, Any]:
+        """One API call, retried with jittered backoff while SSM throttles us."""
+        delay = 0.2
+        for attempt in range(self.api_retries + 1):
+            try:
+                response: Mapping[str, Any] = getattr(self.client, operation)(**params)
+                return response
+            except ClientError as exc:
+                if _code(exc) not in THROTTLE_CODES or attempt == self.api_retries:
+                    raise SsmError(_code(exc), _message(exc), operation=operation) from None
+            self._sleep(delay * self._jitter(0.5, 1.5))
+            delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def ping_statuses(self, instance_ids: Sequence[str]) -> dict[str, str]:
+        """instance id → PingStatus (Online, ConnectionLost, Inactive); "NotRegistered" when SSM has no record."""
+        ids = list(dict.fromkeys(instance_ids))
+        out = {instance_id: "NotRegistered" for instance_id in ids}
+        for start in range(0, len(ids), MAX_IDS_PER_CALL):
+            batch = ids[start : start + MAX_IDS_PER_CALL]
+            token: str | None = None
+            while True:
+                params: dict[str, Any] = {
+                    "Filters": [{"Key": "InstanceIds", "Values": batch}],
+                    "MaxResults": MAX_IDS_PER_CALL,
+                }
+                if token:
+                    params["NextToken"] = token
+                page = self._call("describe_instance_information", **params)
+                for info in page.get("InstanceInformationList", []):
+                    if info.get("InstanceId") in out:
+                        out[info["InstanceId"]] = str(info.get("PingStatus", "Unknown"))
+                token = page.get("NextToken")
+                if not token:
+                    break
+        return out
+
+    def send(
+        self, instance_id: str, script: str, *, timeout: float, comment: str = "edx-remote-cache"
+    ) -> str:
+        """SendCommand only; returns the command id (see :meth:`wait`)."""
+        response = self._call(
+            "send_command",
+            InstanceIds=[instance_id],
+            DocumentName=DOCUMENT,
+            Comment=comment[:100],
+            TimeoutSeconds=self.delivery_timeout,
+            Parameters={"commands": [script], "executionTimeout": [str(max(1, int(timeout)))]},
+        )
+        return str(response["Command"]["CommandId"])
+
+    def wait(
+        self, command_id: str, instance_id: str, *, timeout: float, started: float | None = None
+    ) -> CommandResult:
+        """Poll GetCommandInvocation until the invocation is terminal or its deadlines pass."""
+        started = self._clock() if started is None else started
+        appear_by = started + self.appear_grace
+        give_up = started + self.delivery_timeout + timeout + 30
+        delay = self.first_poll
+        while True:
+            self._sleep(delay * self._jitter(0.8, 1.2))
+            delay = min(self.max_poll, delay * self.backoff)
+            try:
+                inv = self.client.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+            except ClientError as exc:
+                code = _code(exc)
+                if code == "InvocationDoesNotExist" and self._clock() < appear_by:
+                    continue  # SendCommand has not propagated to the invocation store yet
+                if code in THROTTLE_CODES and self._clock() < give_up:
+                    delay = min(self.max_poll * 2, delay * 2)
+                    continue
+                raise SsmError(code, _message(exc), operation="get_command_invocation") from None
+            status = str(inv.get("Status", ""))
+            if status in TERMINAL_STATUSES:
+                return CommandResult(
+                    command_id=command_id,
+                    status=status,
+                    exit_code=int(inv.get("ResponseCode", -1)),
+                    stdout=str(inv.get("StandardOutputContent", "")),
+                    stderr=str(inv.get("StandardErrorContent", "")),
+                    status_details=str(inv.get("StatusDetails", "")),
+                    duration=self._clock() - started,
+                )
+            if self._clock() > give_up:
+                with contextlib.suppress(SsmError):  # best effort: it may have finished meanwhile
+                    self._call("cancel_command", CommandId=command_id, InstanceIds=[instance_id])
+                details = str(inv.get("StatusDetails", status))
+                return CommandResult(
+                    command_id=command_id,
+                    status="TimedOut",
+                    exit_code=-1,
+                    stdout=str(inv.get("StandardOutputContent", "")),
+                    stderr=f"gave up waiting after {self._clock() - started:.0f}s (last status {details})",
+                    status_details=details,
+                    duration=self._clock() - started,
+                )
+
+    def run_script(
+        self, instance_id: str, script: str, *, timeout: float = 60, comment: str = "edx-remote-cache"
+    ) -> CommandResult:
+        """Run ``script`` (bash) on one instance; ``timeout`` is its executionTimeout in seconds.
+
+        Raises :class:`SsmError` when SSM refuses the command (``.unreachable`` for an offline instance);
+        a script that ran and failed is a :class:`CommandResult` with its exit code and output.
+        """
+        started = self._clock()
+        command_id = self.send(instance_id, script, timeout=timeout, comment=comment)
+        return self.wait(command_id, instance_id, timeout=timeout, started=started)

@@ -585,3 +585,69 @@ def test_start_and_stop_are_fast_and_leave_nothing_behind() -> None:
     with socket.socket() as client, pytest.raises(ConnectionRefusedError):
         client.connect(("127.0.0.1", port))
     api.stop()  # idempotent
+
+
+@pytest.mark.timeout(60)
+def test_api_rules_selectors_pages_dry_run_and_finalizers(kube: KubeApi) -> None:
+    """The apiserver rules that kopf and kubectl lean on, checked directly over HTTP."""
+    for index in range(5):
+        labels = {"i": str(index), "even": "true" if index % 2 == 0 else "false"}
+        kube.create(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"cm{index}", "labels": labels}}
+        )
+    names = [
+        o["metadata"]["name"]
+        for o in kube.list_objects(kind="ConfigMap", label_selector="even=true,i notin (4)")
+    ]
+    assert names == ["cm0", "cm2"]
+    names = [
+        o["metadata"]["name"]
+        for o in kube.list_objects(kind="ConfigMap", field_selector="metadata.name!=cm0")
+    ]
+    assert names == ["cm1", "cm2", "cm3", "cm4"]
+    path = "/api/v1/namespaces/default/configmaps"
+    _, page = kube.request("GET", path, query={"limit": "2"})
+    assert [i["metadata"]["name"] for i in page["items"]] == ["cm0", "cm1"]
+    assert page["metadata"]["remainingItemCount"] == 3
+    _, page = kube.request("GET", path, query={"limit": "2", "continue": page["metadata"]["continue"]})
+    assert [i["metadata"]["name"] for i in page["items"]] == ["cm2", "cm3"]
+
+    # Objects leaving/entering a watch's label selection arrive as DELETED/ADDED.
+    since = kube.request("GET", path)[1]["metadata"]["resourceVersion"]
+    kube.patch(NS, "cm2", {"metadata": {"labels": {"even": "false"}}}, kind="ConfigMap")
+    kube.patch(NS, "cm3", {"metadata": {"labels": {"even": "true"}}}, kind="ConfigMap")
+    events = watch_lines(
+        kube, f"{path}?watch=1&labelSelector=even%3Dtrue&resourceVersion={since}&timeoutSeconds=1"
+    )
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("DELETED", "cm2"),
+        ("ADDED", "cm3"),
+    ]
+    query = "watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+    events = watch_lines(kube, f"{path}?{query}&timeoutSeconds=1")
+    assert [e["type"] for e in events] == ["ADDED"] * 5 + ["BOOKMARK"]
+    assert events[-1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+    code, _ = kube.request("POST", path, {"metadata": {"name": "dry"}}, query={"dryRun": "All"})
+    assert code == 201 and kube.get(NS, "dry", kind="ConfigMap") is None
+    generated = kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "gen-"}})
+    assert generated["metadata"]["name"].startswith("gen-") and len(generated["metadata"]["name"]) == 9
+    created = kube.create(erc("f1"))
+    with pytest.raises(KubeApiError) as err:
+        kube.replace({**created, "metadata": {"name": "f1", "namespace": NS}})
+    assert err.value.message.endswith(
+        "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update"
+    )
+
+    # Finalizers: deletion waits for them, no new ones while deleting, the last one removed deletes.
+    kube.patch(NS, "f1", {"metadata": {"finalizers": ["example.com/hold"]}})
+    assert kube.delete(NS, "f1")["metadata"]["deletionTimestamp"]  # type: ignore[index]
+    with pytest.raises(KubeApiError) as err:
+        kube.patch(NS, "f1", {"metadata": {"finalizers": ["example.com/hold", "example.com/more"]}})
+    assert err.value.code == 422 and "no new finalizers can be added" in err.value.message
+    with pytest.raises(KubeApiError) as err:
+        kube.create(erc("f1"))
+    assert err.value.code == 409
+    kube.patch(NS, "f1", {"metadata": {"finalizers": None}})
+    assert kube.get(NS, "f1") is None
+    assert kube.create(erc("f1"))["metadata"]["generation"] == 1, "a new object under the old name"

@@ -65,7 +65,7 @@ def test_version_pin_is_quoted() -> None:
     ],
 )
 def test_extra_args_outside_allow_list_are_refused(items: list[str], fragment: str) -> None:
-    with pytest.raises(ExtraArgError, match="^\\[0\\] ") as info:
+    with pytest.raises(ExtraArgError, match=r"^\[0\] ") as info:
         parse_extra_args(items)
     assert fragment in str(info.value)
 

@@ -230,8 +230,14 @@ class FieldError:
         return f"{self.field}: {self.body()}"
 
 
+class GoLiteral(str):
+    """A value printed bare in field errors (e.g. the ``0x0`` of an unset resourceVersion)."""
+
+
 def _go_value(value: Any) -> str:
     """Values as apimachinery prints them in field errors: quoted strings, bare numbers and booleans."""
+    if isinstance(value, GoLiteral):
+        return str(value)
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return json.dumps(value, ensure_ascii=False)
@@ -1002,8 +1008,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         dry_run: bool = False,
         strict: bool = False,
     ) -> dict[str, Any]:
-        obj, warnings = self._prepare_create(kind, namespace, body, strict=strict)
-        del warnings
+        obj, _ = self._prepare_create(kind, namespace, body, strict=strict)
         return obj if dry_run else self._commit(kind, "ADDED", obj, None)
 
     def _prepare_create(
@@ -1032,10 +1037,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             )
         if not meta.get("name"):
             if not meta.get("generateName"):
-                errors = [
-                    FieldError("metadata.name", "Required value", detail="name or generateName is required")
-                ]
-                raise _ApiError.invalid(kind, "", [dataclasses.replace(errors[0], show_value=False)])
+                detail = "name or generateName is required"
+                error = FieldError("metadata.name", "Required value", detail=detail, show_value=False)
+                raise _ApiError.invalid(kind, "", [error])
             meta["name"] = self._generate_name(kind, namespace, meta["generateName"])
         name = meta["name"]
         if self.current(kind, namespace, name) is not None:
@@ -1053,7 +1057,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
             obj["spec"] = {"finalizers": ["kubernetes"]}
             obj["status"] = {"phase": "Active"}
-        warnings = self._decode(kind, obj, name, strict=strict)
+        warnings = self._decode(kind, obj, strict=strict)
         self._validate(kind, obj, name)
         return obj, warnings
 
@@ -1097,10 +1101,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
         if replace and not wanted_rv and kind.custom:
+            unset = GoLiteral("0x0")
             error = FieldError(
-                "metadata.resourceVersion", "Invalid", "0x0", "must be specified for an update"
+                "metadata.resourceVersion", "Invalid value", unset, "must be specified for an update"
             )
-            raise _ApiError.invalid(kind, name, [dataclasses.replace(error, type="Invalid value")])
+            raise _ApiError.invalid(kind, name, [error])
         for field in _SERVER_MANAGED_META:
             if field in old_meta:
                 meta[field] = old_meta[field]
@@ -1114,13 +1119,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if old_meta.get("deletionTimestamp"):
             added = set(meta.get("finalizers") or ()) - set(old_meta.get("finalizers") or ())
             if added:
-                error = FieldError(
-                    "metadata.finalizers",
-                    "Forbidden",
-                    detail="no new finalizers can be added if the object is being deleted",
-                )
-                raise _ApiError.invalid(kind, name, [dataclasses.replace(error, show_value=False)])
-        warnings = self._decode(kind, candidate, name, strict=strict)
+                detail = "no new finalizers can be added if the object is being deleted"
+                error = FieldError("metadata.finalizers", "Forbidden", detail=detail, show_value=False)
+                raise _ApiError.invalid(kind, name, [error])
+        warnings = self._decode(kind, candidate, strict=strict)
         if subresource == "status":
             new = copy.deepcopy(old)
             if "status" in candidate:
@@ -1205,10 +1207,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _typed(kind: ServedKind, obj: dict[str, Any]) -> dict[str, Any]:
         """The object with apiVersion/kind filled in from the URL (first, as the apiserver prints them)."""
         api_version, kind_name = obj.get("apiVersion"), obj.get("kind")
-        if (api_version and api_version != kind.api_version) or (kind_name and kind_name != kind.kind):
+        if api_version and api_version != kind.api_version:
             raise _ApiError.bad_request(
                 f"the API version in the data ({api_version}) does not match the expected API version"
-                f" ({kind.api_version}), or the kind ({kind_name}) is not {kind.kind}"
+                f" ({kind.api_version})"
+            )
+        if kind_name and kind_name != kind.kind:
+            raise _ApiError.bad_request(
+                f"the kind in the data ({kind_name}) does not match the expected kind ({kind.kind})"
             )
         rest = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}
         return {"apiVersion": kind.api_version, "kind": kind.kind, **rest}
@@ -1233,7 +1239,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return name
         raise _ApiError(500, "InternalError", "could not generate a unique name")
 
-    def _decode(self, kind: ServedKind, obj: dict[str, Any], name: str, *, strict: bool) -> list[str]:
+    def _decode(self, kind: ServedKind, obj: dict[str, Any], *, strict: bool) -> list[str]:
         """Prune unknown fields and apply defaults (the decode step); Strict field validation rejects instead."""
         if kind.schema is None:
             return []
@@ -1258,9 +1264,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     async def _serve_version(self, request: kmock.Request) -> Any:
         body = await super()._serve_version(request)
         if isinstance(body, dict):
-            body["groupVersion"] = body.get("groupVersion", "").lstrip(
-                "/"
-            )  # kmock says "/v1" for the core group
+            # kmock says "/v1" for the core group; kubectl needs "v1".
+            body["groupVersion"] = body.get("groupVersion", "").lstrip("/")
             for entry in body.get("resources", []):
                 if "/" in entry["name"]:  # subresources: no short names/categories (kubectl warns otherwise)
                     entry.update(shortNames=[], categories=[], verbs=["get", "patch", "update"])

@@ -122,7 +122,6 @@ def make_operator(kube: KubeApi) -> Iterator[Callable[..., Operator]]:
             def deleted(name: str, body: kopf.Body, **_: Any) -> None:
                 operator.calls.append(("delete", name, dict(body.metadata)))
 
-        operator.registry = registry
         started.append(operator)
         return operator
 

@@ -4,7 +4,9 @@ Stock kmock 0.8 is an in-memory JSON store: it stamps no resourceVersion/uid/gen
 kopf's finalizer JSON-patch, guarded by ``test /metadata/resourceVersion``, fails with a 500 and ``on.create``
 never runs), cannot parse ``GET /api/v1/namespaces``, does not isolate ``/status``, does no schema validation and
 replays no watch history. The subclass below serves every resource path itself and keeps kmock for the HTTP
-server, the discovery documents (/api, /apis, /version) and the object store with per-object history.
+server, the discovery documents (/api, /apis) and the object store with per-object history. Stock kmock's
+``kmock.Server`` also patches aiohttp's resolver for the whole process (and raises unless servers exit in LIFO
+order), so the emulator is served by a subclass without that interceptor.
 
 What the emulator does (a real apiserver's rules): resourceVersion from one global counter, bumped on every
 write and on nothing else (a no-op patch writes nothing); uid/creationTimestamp on create; metadata.generation
@@ -16,7 +18,8 @@ create/update/patch/status (pruning of unknown fields with a ``Warning`` header,
 ``?fieldValidation=Strict``; defaults; validation answered with 422 and a ``Status`` naming each field);
 namespaces must exist and deleting one deletes its content; list with label/field selectors and limit/continue;
 watch from ``?resourceVersion=N`` (only later events; 410 Expired once compacted), ``sendInitialEvents`` with the
-initial-events-end bookmark, ``timeoutSeconds``, selector transitions as ADDED/DELETED.
+initial-events-end bookmark, ``timeoutSeconds``, selector transitions as ADDED/DELETED; server-side Tables
+for the CRD's printer columns (``kubectl get erc`` shows Phase/Endpoint/Hit%/Hosts/Age).
 
 What it does NOT do (README material):
 
@@ -33,8 +36,9 @@ What it does NOT do (README material):
 - built-in kinds are not validated (only metadata.name and labels), and PUT never creates;
 - no periodic watch BOOKMARKs, no watch cache semantics for ``resourceVersionMatch``; list continue tokens
   are offsets into the current state, not snapshots; field selectors accept any dotted path;
-- no aggregated discovery, no OpenAPI documents (/openapi/v2, /openapi/v3 answer 404), no protobuf, no
-  ``kubectl explain``; no rate limiting (API Priority and Fairness) and no request timeouts;
+- no aggregated discovery, no OpenAPI documents (/openapi/v2, /openapi/v3 answer 404), so ``kubectl create``
+  and ``kubectl apply`` need ``--validate=false`` (the server still validates), and there is no
+  ``kubectl explain``; no protobuf; no rate limiting (API Priority and Fairness) and no request timeouts;
 - state lives in memory only and is lost on stop.
 """
 
@@ -934,9 +938,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             info.verbs = {"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
             info.subresources = {"status"} if kind.status_subresource else set()
         for name in namespaces:
-            self.create(self._kind("Namespace"), None, {"metadata": {"name": name}})
+            self.create_object(self._kind("Namespace"), None, {"metadata": {"name": name}})
         for crd in crds:
-            stored = self.create(self._kind("CustomResourceDefinition"), None, copy.deepcopy(dict(crd)))
+            stored = self.create_object(
+                self._kind("CustomResourceDefinition"), None, copy.deepcopy(dict(crd))
+            )
             status = {
                 "acceptedNames": stored["spec"]["names"],
                 "storedVersions": [v["name"] for v in stored["spec"]["versions"] if v.get("storage")],
@@ -946,7 +952,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 ],
             }
             name = stored["metadata"]["name"]
-            self.update(
+            self.update_object(
                 self._kind("CustomResourceDefinition"), None, name, {**stored, "status": status}, "status"
             )
 
@@ -999,7 +1005,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     # ---- verbs -------------------------------------------------------------------------------------------
 
-    def create(
+    def create_object(
         self,
         kind: ServedKind,
         namespace: str | None,
@@ -1061,7 +1067,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._validate(kind, obj, name)
         return obj, warnings
 
-    def update(
+    def update_object(
         self,
         kind: ServedKind,
         namespace: str | None,
@@ -1148,7 +1154,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return self._commit(kind, "DELETED", candidate, old), warnings
         return self._commit(kind, "MODIFIED", candidate, old), warnings
 
-    def delete(
+    def delete_object(
         self,
         kind: ServedKind,
         namespace: str | None,
@@ -1183,7 +1189,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             for other in self.kinds.values():
                 if other.namespaced:
                     for obj in self.live(other, name):
-                        self.delete(other, name, obj["metadata"]["name"])
+                        self.delete_object(other, name, obj["metadata"]["name"])
             self._finalize_namespace(name)
             return self.current(kind, None, name) or new, False
         if meta.get("finalizers"):
@@ -1407,7 +1413,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             labels = _parse_selector(query.get("labelSelector"), fields=False)
             fields = _parse_selector(query.get("fieldSelector"), fields=True)
             gone = [
-                self.delete(kind, route.namespace, obj["metadata"]["name"], dry_run=dry_run)[0]
+                self.delete_object(kind, route.namespace, obj["metadata"]["name"], dry_run=dry_run)[0]
                 for obj in self.live(kind, route.namespace)
                 if _selected(obj, labels, fields)
             ]
@@ -1427,9 +1433,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return _json_response(obj, 201, () if quiet else warnings)
         assert route.name is not None
         if verb == "get":
-            obj = self.current(kind, route.namespace, route.name)
-            if obj is None:
+            found = self.current(kind, route.namespace, route.name)
+            if found is None:
                 raise _ApiError.not_found(kind, route.name)
+            obj = found
             record.code = 200
             if _wants_table(raw, kind):
                 include = query.get("includeObject", "Metadata")
@@ -1437,7 +1444,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return _json_response(obj)
         if verb == "update":
             new = self._body(body)
-            obj, warnings = self.update(
+            obj, warnings = self.update_object(
                 kind,
                 route.namespace,
                 route.name,
@@ -1451,7 +1458,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return _json_response(obj, 200, () if quiet else warnings)
         if verb == "patch":
             change = self._patcher(kind, raw.headers.get("Content-Type", ""), body)
-            obj, warnings = self.update(
+            obj, warnings = self.update_object(
                 kind, route.namespace, route.name, change, route.subresource, dry_run=dry_run, strict=strict
             )
             record.code = 200
@@ -1459,8 +1466,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if verb == "delete":
             options = self._body(body) if body.strip() else {}
             dry_run = dry_run or "All" in ((options or {}).get("dryRun") or [])
-            obj, gone = self.delete(kind, route.namespace, route.name, options, dry_run=dry_run)
-            record.code = 200 if gone else 202
+            obj, deleted_now = self.delete_object(kind, route.namespace, route.name, options, dry_run=dry_run)
+            record.code = 200 if deleted_now else 202
             return _json_response(obj, record.code)
         raise _ApiError(
             405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
@@ -1694,8 +1701,8 @@ class KubeApi:
         watch_history: int = WATCH_HISTORY,
     ) -> None:
         self.crd_path = pathlib.Path(crd_path) if crd_path is not None else _default_crd_path()
-        with open(self.crd_path, encoding="utf-8") as fh:
-            self.crd: dict[str, Any] = yaml.safe_load(fh)
+        with open(self.crd_path, encoding="utf-8") as fh:  # libyaml when present: 10x faster start-up
+            self.crd: dict[str, Any] = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         self.kind = ServedKind.from_crd(self.crd)
         crds = [self.crd, *KOPF_PEERING_CRDS]
         kinds = [*_builtin_kinds(), *(ServedKind.from_crd(crd) for crd in crds)]

@@ -1,0 +1,140 @@
+"""Shared helpers for the sandbox benchmarks (bench/run.py): figures, timing, and /proc sampling.
+
+Nothing here talks to anything but 127.0.0.1: every scenario runs on a loopback `Sandbox`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def figure(values: Iterable[float], *, digits: int = 3, **extra: Any) -> dict[str, Any]:
+    """{"median", "min", "max", "n", ...extra} of the repeated measurements (empty → None values)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"median": None, "min": None, "max": None, "n": 0, **extra}
+    return {
+        "median": round(statistics.median(vals), digits),
+        "min": round(min(vals), digits),
+        "max": round(max(vals), digits),
+        "n": len(vals),
+        **extra,
+    }
+
+
+def timed_wait(
+    get: Callable[[], Mapping[str, Any] | None],
+    predicate: Callable[[Mapping[str, Any]], bool],
+    *,
+    since: float,
+    timeout: float,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> tuple[float, Mapping[str, Any]]:
+    """Poll until `predicate(get())`; return (seconds since `since` (a monotonic time), the object)."""
+    deadline = time.monotonic() + timeout
+    last: Mapping[str, Any] | None = None
+    while True:
+        last = get()
+        seen = time.monotonic()
+        if last is not None and predicate(last):
+            return seen - since, last
+        if seen > deadline:
+            status = (last or {}).get("status") or {}
+            conditions = {c.get("type"): (c.get("status"), c.get("reason")) for c in status.get("conditions") or []}
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; conditions: {conditions}")
+        time.sleep(interval)
+
+
+# ----------------------------------------------------------------------------------------------- /proc
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process (threads included, children not), in seconds."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        raw = f.read()
+    fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) ": state is fields[0]
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mib(pid: int) -> float:
+    """VmRSS of one process in MiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def proc_threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class ProcSampler:
+    """Samples one process's RSS and CPU every `interval` seconds in a background thread."""
+
+    pid: int
+    interval: float = 1.0
+    samples: list[tuple[float, float, float]] = field(default_factory=list)  # (monotonic, cpu s, rss MiB)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def sample(self) -> tuple[float, float, float]:
+        point = (time.monotonic(), proc_cpu_seconds(self.pid), proc_rss_mib(self.pid))
+        self.samples.append(point)
+        return point
+
+    def start(self) -> ProcSampler:
+        self.sample()
+
+        def loop() -> None:
+            while not self._stop.wait(self.interval):
+                try:
+                    self.sample()
+                except OSError:
+                    return  # the process is gone
+
+        self._thread = threading.Thread(target=loop, name="bench-proc-sampler", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.sample()
+        except OSError:
+            pass
+
+    def between(self, start: float, end: float) -> tuple[float, list[float]]:
+        """(CPU % of one core over [start, end], RSS samples in it) from the nearest samples."""
+        inside = [s for s in self.samples if start - 0.6 * self.interval <= s[0] <= end + 0.6 * self.interval]
+        if len(inside) < 2:
+            return 0.0, [s[2] for s in inside]
+        first, last = inside[0], inside[-1]
+        elapsed = last[0] - first[0]
+        cpu = 100.0 * (last[1] - first[1]) / elapsed if elapsed > 0 else 0.0
+        return cpu, [s[2] for s in inside]
+
+
+def count_by(items: Iterable[Any], key: Callable[[Any], str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        k = key(item)
+        out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))

@@ -164,7 +164,7 @@ async def watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, *
             return
         state = reconciler.state(obj)
         spec = state.spec
-        interval = spec.probe.interval_seconds if spec else 5
+        interval = spec.probe.interval_seconds if spec else 0.5  # no spec yet: the first reconcile is due
         try:
             await reconciler.probe_once(obj)
             await reconciler.heal(obj)

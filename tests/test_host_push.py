@@ -702,3 +702,58 @@ def test_hosts_in_parallel_with_max_concurrency(sb: Sandbox) -> None:
     sb.faults.fail_restarts(h1)
     first, second = push_hosts(ssm=adapter(sb), hosts=[h1, h2], openedx=openedx, endpoints=[ENDPOINT])
     assert (first.state, second.state) == ("RolledBack", "Configured")
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(60)
+def test_revert_with_the_pushes_results_gives_back_the_exact_original_bytes(sb: Sandbox) -> None:
+    h1 = sb.edx_hosts[0]
+    ssm = adapter(sb)
+    openedx = OpenedxSpec(hosts=[h1])
+    shipped = {p: (FIXTURES / Path(p).name).read_bytes() for p in PATHS}
+    assert read_all(sb, h1) == shipped
+    (pushed,) = push_hosts(ssm=ssm, hosts=[h1], openedx=openedx, endpoints=[ENDPOINT])
+    assert pushed.state == "Configured", pushed.message
+    recorded = (
+        ("/edx/app/edx_ansible/server-vars.yml", "INSIGHTS_MEMCACHE", "127.0.0.1:11211"),
+        ("/edx/etc/insights.yml", "CACHES.default", "127.0.0.1:11211"),
+    )
+    assert pushed.local_endpoints == recorded
+    assert b"127.0.0.1:11211" not in on_host(sb, h1, "/edx/etc/insights.yml").read_bytes()
+
+    # the spellings live in the status: they survive an idempotent push and a push to an offline host
+    status = pushed.to_status()
+    (again,) = push_hosts(
+        ssm=ssm,
+        hosts=[h1],
+        openedx=openedx,
+        endpoints=[ENDPOINT],
+        previous={h1: HostPushResult.from_status(status)},
+    )
+    assert again.message == "up to date" and again.to_status() == {**status, "message": "up to date"}
+    assert sb.faults is not None
+    sb.faults.agent_offline(h1)
+    (offline,) = push_hosts(
+        ssm=ssm,
+        hosts=[h1],
+        openedx=openedx,
+        endpoints=[ENDPOINT],
+        previous={h1: HostPushResult.from_status(status)},
+    )
+    assert (
+        offline.state == "Unreachable" and offline.to_status()["localEndpoints"] == status["localEndpoints"]
+    )
+    sb.faults.agent_online(h1)
+
+    # delete: what the reconcile layer passes, rebuilt from status.hosts[]
+    previous = {h["instanceId"]: HostPushResult.from_status(h) for h in [offline.to_status()]}
+    (reverted,) = revert_hosts(
+        ssm=ssm, hosts=[h1], openedx=openedx, current_endpoints=[ENDPOINT], previous=previous
+    )
+    assert reverted.state == "Configured", reverted.message
+    assert read_all(sb, h1) == shipped  # insights.yml and server-vars.yml included, byte for byte
+    assert dict(reverted.files) == {p: _sha(c) for p, c in shipped.items()}
+    (twice,) = revert_hosts(
+        ssm=ssm, hosts=[h1], openedx=openedx, current_endpoints=[ENDPOINT], previous=previous
+    )
+    assert twice.state == "Configured" and twice.message == "up to date" and read_all(sb, h1) == shipped

@@ -416,3 +416,138 @@ def test_host_result_status_shape_and_round_trip() -> None:
     again = pp.HostPushResult.from_status(status)
     assert again == pp.HostPushResult(**{**result.__dict__, "diffs": ()})
     assert "commandId" not in pp.HostPushResult("i-0123456789abcdef0", "Pending").to_status()
+
+
+# ---------------------------------------------------------------------------------- local spellings and revert
+
+INSIGHTS_SPELLINGS = (
+    ("/edx/app/edx_ansible/server-vars.yml", "INSIGHTS_MEMCACHE", "127.0.0.1:11211"),
+    ("/edx/etc/insights.yml", "CACHES.default", "127.0.0.1:11211"),
+)
+
+
+def applied(files: Mapping[str, bytes], the_plan: pp.HostPlan) -> dict[str, bytes]:
+    return {**files, **{c.path: pp.apply_segments(files[c.path], c.segments) for c in the_plan.changes}}
+
+
+def test_push_records_only_the_spellings_a_revert_would_not_write_anyway() -> None:
+    pushed = plan(fixture_files())
+    assert pushed.local_endpoints == INSIGHTS_SPELLINGS  # localhost:11211 everywhere else: nothing to record
+
+
+def test_revert_with_the_recorded_spellings_restores_every_file_byte_for_byte() -> None:
+    files = fixture_files()
+    pushed = plan(files)
+    moved = applied(files, pushed)
+    back = pp.plan_revert(
+        snapshot_of(moved),
+        current=["10.0.0.5:11211"],
+        restart_for=OPENEDX.restart_command_for,
+        local_endpoints=pushed.local_endpoints,
+    )
+    assert {c.path for c in back.changes} == set(PATHS)
+    assert applied(moved, back) == files
+    assert dict(back.files_after) == {p: sha(c) for p, c in files.items()}
+    assert back.local_endpoints == pushed.local_endpoints  # carried, not consumed
+    again = pp.plan_revert(
+        snapshot_of(files),
+        current=["10.0.0.5:11211"],
+        restart_for=OPENEDX.restart_command_for,
+        local_endpoints=pushed.local_endpoints,
+    )
+    assert again.is_noop
+
+
+def test_later_pushes_carry_the_spellings_and_a_new_local_spelling_replaces_an_old_one() -> None:
+    files = fixture_files()
+    first = plan(files)
+    moved = applied(files, first)
+    # nothing to do: the records survive
+    assert plan(moved, local_endpoints=first.local_endpoints).local_endpoints == INSIGHTS_SPELLINGS
+    # re-target (a scale-up): the file changes again but no local entry is replaced; the records survive
+    scaled = plan(
+        moved,
+        endpoints=["10.0.0.5:11211", "10.0.0.6:11211"],
+        replace=["10.0.0.5:11211"],
+        local_endpoints=first.local_endpoints,
+    )
+    assert scaled.changes and scaled.local_endpoints == INSIGHTS_SPELLINGS
+    # someone put insights.yml back on localhost: that is what it was before this push, the old record goes
+    insights = "/edx/etc/insights.yml"
+    edited = {**moved, insights: moved[insights].replace(b"10.0.0.5:11211", b"localhost:11211")}
+    repushed = plan(edited, local_endpoints=first.local_endpoints)
+    assert [c.path for c in repushed.changes] == [insights]
+    assert repushed.local_endpoints == INSIGHTS_SPELLINGS[:1]
+    # … and on [::1] instead: that spelling is recorded instead of the old one
+    edited[insights] = moved[insights].replace(b"10.0.0.5:11211", b"'[::1]:11211'")
+    repushed = plan(edited, local_endpoints=first.local_endpoints)
+    assert repushed.local_endpoints == (INSIGHTS_SPELLINGS[0], (insights, "CACHES.default", "[::1]:11211"))
+
+
+def test_a_custom_port_records_against_its_own_localhost() -> None:
+    doc = b"CACHES:\n  default: {BACKEND: x.memcached.PyMemcacheCache, LOCATION: [localhost:11311]}\n"
+    files = {"/edx/etc/lms.yml": doc}
+    assert plan(files, port=11311).local_endpoints == ()
+    assert plan(
+        {"/edx/etc/lms.yml": doc.replace(b"localhost", b"127.0.0.1")}, port=11311
+    ).local_endpoints == (("/edx/etc/lms.yml", "CACHES.default", "127.0.0.1:11311"),)
+
+
+def test_local_spellings_round_trip_through_the_status() -> None:
+    files = fixture_files()
+    pushed = plan(files)
+    result = pp.HostPushResult(
+        "i-0123456789abcdef0",
+        "Configured",
+        pushed.files_after,
+        "c0ffee00-0000-0000-0000-000000000000",
+        datetime(2026, 11, 29, 10, 15, 0, tzinfo=UTC),
+        "updated",
+        local_endpoints=pushed.local_endpoints,
+    )
+    status = result.to_status()
+    assert status["localEndpoints"] == [
+        {
+            "path": "/edx/app/edx_ansible/server-vars.yml",
+            "alias": "INSIGHTS_MEMCACHE",
+            "endpoint": "127.0.0.1:11211",
+        },
+        {"path": "/edx/etc/insights.yml", "alias": "CACHES.default", "endpoint": "127.0.0.1:11211"},
+    ]
+    assert status["files"] == [{"path": p, "sha256": s} for p, s in pushed.files_after]  # unchanged shape
+    again = pp.HostPushResult.from_status(status)
+    assert again == result
+    assert again.local_spellings == {
+        "/edx/app/edx_ansible/server-vars.yml": {"INSIGHTS_MEMCACHE": "127.0.0.1:11211"},
+        "/edx/etc/insights.yml": {"CACHES.default": "127.0.0.1:11211"},
+    }
+    moved = applied(files, pushed)
+    back = pp.plan_revert(
+        snapshot_of(moved),
+        current=["10.0.0.5:11211"],
+        restart_for=OPENEDX.restart_command_for,
+        local_endpoints=again.local_endpoints,
+    )
+    assert applied(moved, back) == files
+    # nothing recorded: no field (older statuses read as nothing recorded)
+    assert "localEndpoints" not in pp.HostPushResult("i-0123456789abcdef0", "Pending").to_status()
+
+
+def test_status_entries_a_revert_could_not_write_are_dropped() -> None:
+    good = {"path": "/edx/etc/insights.yml", "alias": "CACHES.default", "endpoint": "127.0.0.1:11211"}
+    item = {
+        "instanceId": "i-0123456789abcdef0",
+        "state": "Configured",
+        "localEndpoints": [
+            good,
+            {**good, "endpoint": "10.0.0.5:11211"},
+            {**good, "endpoint": "127.0.0.1:11211; rm -rf /"},
+            {"path": "/edx/etc/lms.yml", "alias": "CACHES.default"},
+            {**good, "alias": 7},
+            "127.0.0.1:11211",
+        ],
+    }
+    assert pp.HostPushResult.from_status(item).local_endpoints == (
+        ("/edx/etc/insights.yml", "CACHES.default", "127.0.0.1:11211"),
+    )
+    assert pp.HostPushResult.from_status({**item, "localEndpoints": {"x": "y"}}).local_endpoints == ()

@@ -538,3 +538,127 @@ def test_local_spellings_all_match() -> None:
 def test_empty_target_list_is_an_error() -> None:
     with pytest.raises(RewriteError, match="at least one"):
         rewrite(cache_doc("localhost:11211"), to=[])
+
+
+# -------------------------------------------------------------------------------- revert to the original spelling
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_revert_with_the_replaced_spellings_restores_every_fixture_byte_for_byte(name: str) -> None:
+    original = fixture(name)
+    moved = rewrite(original, to=[REMOTE, REMOTE2])
+    back = revert(moved.text, current=[REMOTE, REMOTE2], local=moved.replaced_local)
+    assert back.text == original
+    if name != "server-vars.yml":  # its "{{ EDXAPP_MEMCACHE }}" is not local: reverted without `current`
+        assert revert(moved.text, local=moved.replaced_local).text == original
+    again = revert(back.text, current=[REMOTE, REMOTE2], local=moved.replaced_local)
+    assert (again.changed, again.changes) == (False, ())
+
+
+def test_replaced_local_names_the_spelling_each_alias_had() -> None:
+    moved = rewrite(fixture("server-vars.yml"), to=[REMOTE])
+    assert moved.replaced_local == {
+        "EDXAPP_MEMCACHE": "localhost:11211",
+        "ECOMMERCE_MEMCACHE": "localhost:11211",
+        "INSIGHTS_MEMCACHE": "127.0.0.1:11211",
+    }
+    assert rewrite(fixture("insights.yml"), to=[REMOTE]).replaced_local == {
+        "CACHES.default": "127.0.0.1:11211"
+    }
+    # a remote endpoint replaced by another (a re-target) and a local one kept in place are not "replaced local"
+    retarget = rewrite(cache_doc(f"[{REMOTE}]"), to=[REMOTE2], replace=[REMOTE])
+    assert retarget.changed and retarget.replaced_local == {}
+    kept = rewrite(fixture("ecommerce.yml"), to=["localhost:11211", REMOTE])
+    assert kept.changed and kept.replaced_local == {}
+
+
+def test_revert_writes_one_spelling_for_the_whole_file_or_one_per_alias() -> None:
+    original = fixture("server-vars.yml")
+    moved = rewrite(original, to=[REMOTE]).text
+    whole = revert(moved, current=[REMOTE], local="127.0.0.1:11211")
+    assert yaml.safe_load(whole.text)["EDXAPP_MEMCACHE"] == ["127.0.0.1:11211"]
+    assert yaml.safe_load(whole.text)["INSIGHTS_MEMCACHE"] == ["127.0.0.1:11211"]
+    per_alias = revert(moved, current=[REMOTE], local={"INSIGHTS_MEMCACHE": "127.0.0.1:11211"})
+    assert per_alias.text == original  # the others fall back to localhost:PORT, which they were
+    assert revert(moved, current=[REMOTE]).text == original.replace(
+        "'127.0.0.1:11211'", "'localhost:11211'"
+    )  # nothing given: localhost as before
+    assert_only_endpoint_lines(moved, per_alias.text)
+
+
+@pytest.mark.parametrize(
+    ("before", "spelling"),
+    [
+        ("[ '::1:11211' ]", "::1:11211"),
+        ('["[::1]:11211"]', "[::1]:11211"),
+        ("'127.0.0.1:11211'", "127.0.0.1:11211"),
+        ("inet:localhost:11211", "inet:localhost:11211"),
+        ("localhost", "localhost"),  # python-memcached's default port
+        ("127.0.0.1:11211;10.0.0.9:11211", "127.0.0.1:11211"),
+        ("[10.0.0.9:11211, 127.0.0.1:11211]", "127.0.0.1:11211"),
+        ('"10.0.0.9:11211, 127.0.0.1:11211"', "127.0.0.1:11211"),
+    ],
+)
+def test_unusual_local_spellings_round_trip(before: str, spelling: str) -> None:
+    doc = cache_doc(before)
+    moved = rewrite(doc, to=[REMOTE, REMOTE2])
+    assert moved.replaced_local == {"CACHES.default": spelling}
+    assert revert(moved.text, current=[REMOTE, REMOTE2], local=moved.replaced_local).text == doc
+    assert revert(moved.text, current=[REMOTE, REMOTE2], local=spelling).text == doc
+    if "10.0.0.9" not in doc:  # without `current` every non-local entry goes, the other server too
+        assert revert(moved.text, local=spelling).text == doc
+
+
+def test_revert_spelling_applies_to_an_anchor_shared_by_several_caches_once() -> None:
+    doc = (
+        "CACHES:\n"
+        f"  default: &c {{BACKEND: {MEMCACHED}, LOCATION: &loc [127.0.0.1:11211]}}\n"
+        f"  general: {{BACKEND: {MEMCACHED}, LOCATION: *loc}}\n"
+    )
+    moved = rewrite(doc, to=[REMOTE])
+    assert moved.replaced_local == {"CACHES.default": "127.0.0.1:11211", "CACHES.general": "127.0.0.1:11211"}
+    assert revert(moved.text, current=[REMOTE], local=moved.replaced_local).text == doc
+
+
+def test_revert_keeps_its_custom_port_default_next_to_given_spellings() -> None:
+    doc = (
+        "CACHES:\n"
+        f"  default: {{BACKEND: {MEMCACHED}, LOCATION: [localhost:11212]}}\n"
+        f"  general: {{BACKEND: {MEMCACHED}, LOCATION: [127.0.0.1:11212]}}\n"
+    )
+    moved = rewrite(doc, to=[REMOTE], port=11212)
+    assert moved.replaced_local == {"CACHES.default": "localhost:11212", "CACHES.general": "127.0.0.1:11212"}
+    assert revert(moved.text, port=11212, local={"CACHES.general": "127.0.0.1:11212"}).text == doc
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        REMOTE,  # not a revert: and a second revert would move it again
+        "cache.internal:11211",
+        " localhost:11211",
+        "localhost:11211;127.0.0.1:11211",
+        "localhost:11211, 10.0.0.9:11211",
+        "",
+        "redis://localhost:6379/1",
+    ],
+)
+def test_revert_refuses_a_spelling_that_is_not_local_memcached(bad: str) -> None:
+    moved = rewrite(fixture("insights.yml"), to=[REMOTE]).text
+    with pytest.raises(RewriteError, match="not a local memcached entry"):
+        revert(moved, local=bad)
+    with pytest.raises(RewriteError, match=r"CACHES\.default"):
+        revert(moved, local={"CACHES.default": bad})
+    with pytest.raises(RewriteError, match="local endpoint"):
+        revert(moved, local=["127.0.0.1:11211"])  # type: ignore[arg-type]
+
+
+def test_revert_without_current_leaves_jinja_references_alone() -> None:
+    """`rewrite --revert` with no --from must not turn `"{{ EDXAPP_MEMCACHE }}"` into localhost."""
+    original = fixture("server-vars.yml")
+    pushed = rewrite(original, to=["10.0.1.6:11211"]).text
+    reverted = revert(pushed).text
+    assert '"{{ EDXAPP_MEMCACHE }}"' in reverted
+    assert reverted.count("localhost:11211") == original.count("localhost:11211") + original.count(
+        "127.0.0.1:11211"
+    )

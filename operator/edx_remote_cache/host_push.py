@@ -33,6 +33,7 @@ from edx_remote_cache.push_plan import (
     HostPushResult,
     HostSnapshot,
     HostState,
+    LocalEndpoints,
     PlanError,
     ProtocolError,
     ReadHeader,
@@ -244,7 +245,13 @@ def _apply(
     return HostPushResult(host, outcome.state, files, result.command_id, started, outcome.message, plan.diffs)
 
 
-Planner = Callable[[HostSnapshot], HostPlan]
+# (what was read, the host's last result or None) -> the plan
+Planner = Callable[[HostSnapshot, HostPushResult | None], HostPlan]
+
+
+def _carried(previous: HostPushResult | None) -> LocalEndpoints:
+    """What the last result recorded: kept by results that write nothing (Unreachable, Pending, refused)."""
+    return previous.local_endpoints if previous is not None else ()
 
 
 def _one_host(
@@ -262,17 +269,24 @@ def _one_host(
     systemctl: Sequence[str],
 ) -> HostPushResult:
     started = clock()
+    carried = _carried(previous)
     if ping != "Online":
         return HostPushResult(
-            host, "Unreachable", (), None, started, f"SSM agent PingStatus is {ping}; nothing sent"
+            host,
+            "Unreachable",
+            (),
+            None,
+            started,
+            f"SSM agent PingStatus is {ping}; nothing sent",
+            local_endpoints=carried,
         )
     try:
         snapshot, read_id = _read(ssm, host, paths, service=service, systemctl=systemctl)
         try:
-            plan = planner(snapshot)
+            plan = planner(snapshot, previous)
         except PlanError as exc:
             raise _HostProblem("Failed", f"{exc}; nothing was written", read_id) from None
-        return _apply(
+        result = _apply(
             ssm,
             host,
             snapshot,
@@ -284,12 +298,28 @@ def _one_host(
             step_timeout=step_timeout,
             systemctl=systemctl,
         )
+        # whatever the outcome: even a rolled-back or timed-out apply may have written the files
+        return replace(result, local_endpoints=plan.local_endpoints)
     except _HostProblem as problem:
-        return HostPushResult(host, problem.state, (), problem.command_id, started, problem.message)
+        return HostPushResult(
+            host,
+            problem.state,
+            (),
+            problem.command_id,
+            started,
+            problem.message,
+            local_endpoints=carried,
+        )
     except Exception as exc:  # one host's surprise must not stop the rollout or lose the others' results
         log.exception("%s: push failed unexpectedly", host)
         return HostPushResult(
-            host, "Failed", (), None, started, f"internal error: {type(exc).__name__}: {exc}"
+            host,
+            "Failed",
+            (),
+            None,
+            started,
+            f"internal error: {type(exc).__name__}: {exc}",
+            local_endpoints=carried,
         )
 
 
@@ -299,6 +329,7 @@ def _rollout(
     max_concurrency: int,
     max_errors: int,
     work: Callable[[str], HostPushResult],
+    previous: Mapping[str, HostPushResult] | None = None,
 ) -> list[HostPushResult]:
     """SSM-style rate control: ≤ max_concurrency at once; stop starting hosts once errors > max_errors."""
     order = list(dict.fromkeys(hosts))
@@ -326,6 +357,7 @@ def _rollout(
             None,
             None,
             f"not attempted: {errors} host(s) failed, more than rollout.maxErrors={max_errors}",
+            local_endpoints=_carried((previous or {}).get(host)),
         )
     return [results[host] for host in order]
 
@@ -345,19 +377,28 @@ def _push(
 ) -> list[HostPushResult]:
     paths = host_paths(openedx.config_files, openedx.ansible_vars_files)
     order = list(dict.fromkeys(hosts))
+    previous = previous or {}
     try:
         pings = dict(ssm.ping_statuses(order)) if order else {}
     except SsmError as exc:
         now = clock()
         return [
-            HostPushResult(h, "Unreachable", (), None, now, f"cannot ask SSM for agent status: {exc}")
+            HostPushResult(
+                h,
+                "Unreachable",
+                (),
+                None,
+                now,
+                f"cannot ask SSM for agent status: {exc}",
+                local_endpoints=_carried(previous.get(h)),
+            )
             for h in order
         ]
-    previous = previous or {}
     return _rollout(
         order,
         max_concurrency=openedx.rollout.max_concurrency,
         max_errors=openedx.rollout.max_errors,
+        previous=previous,
         work=lambda host: _one_host(
             ssm,
             host,
@@ -391,13 +432,15 @@ def push_hosts(
     """Point every host's local (or ``replace``d) memcached LOCATIONs at ``endpoints``; one result per host.
 
     ``previous`` (last results, e.g. rebuilt with ``HostPushResult.from_status``) keeps an up-to-date
-    host's commandId/lastPushTime stable. ``before_write(host, plan)`` runs between plan and write (tests).
+    host's commandId/lastPushTime stable and carries its ``local_endpoints`` (how each file spelled the local
+    memcached before the first push) into the new results. ``before_write(host, plan)`` runs between plan
+    and write (tests).
     """
     return _push(
         ssm=ssm,
         hosts=hosts,
         openedx=openedx,
-        planner=lambda snapshot: plan_push(
+        planner=lambda snapshot, last: plan_push(
             snapshot,
             endpoints=endpoints,
             replace=replace,
@@ -405,6 +448,7 @@ def push_hosts(
             restart_for=openedx.restart_command_for,
             verify=openedx.verify_command,
             disable_local_memcached=openedx.disable_local_memcached,
+            local_endpoints=_carried(last),
         ),
         service=LOCAL_MEMCACHED_UNIT if openedx.disable_local_memcached else None,
         previous=previous,
@@ -429,24 +473,28 @@ def revert_hosts(
     step_timeout: int = STEP_TIMEOUT_SECONDS,
     systemctl: Sequence[str] = SYSTEMCTL,
 ) -> list[HostPushResult]:
-    """Point the hosts back at ``localhost:port`` (and re-enable local memcached if the spec disabled it).
+    """Point the hosts back at local memcached (and re-enable it if the spec disabled it).
 
     Same safe path as a push: compare-before-write, backups, restart only what changed, rollback on failure.
     ``current_endpoints`` empty reverts every non-local LOCATION. ``enable_local_memcached`` defaults to
     ``openedx.disable_local_memcached`` (pass the value that was in effect when the hosts were pushed).
+    ``previous`` (the push results, e.g. ``HostPushResult.from_status`` of ``status.hosts[]``) gives each
+    LOCATION back the spelling the push replaced (``127.0.0.1:11211`` stays that); a host or alias with
+    nothing recorded gets ``localhost:port``.
     """
     enable = openedx.disable_local_memcached if enable_local_memcached is None else enable_local_memcached
     return _push(
         ssm=ssm,
         hosts=hosts,
         openedx=openedx,
-        planner=lambda snapshot: plan_revert(
+        planner=lambda snapshot, last: plan_revert(
             snapshot,
             current=current_endpoints,
             port=port,
             restart_for=openedx.restart_command_for,
             verify=openedx.verify_command,
             enable_local_memcached=enable,
+            local_endpoints=_carried(last),
         ),
         service=LOCAL_MEMCACHED_UNIT if enable else None,
         previous=previous,

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from edx_remote_cache.rewrite import RewriteError, RewriteResult, revert, rewrite
+from edx_remote_cache.rewrite import RewriteError, RewriteResult, is_local_endpoint, revert, rewrite
 
 __all__ = [
     "BACKUP_SUFFIX",
@@ -56,6 +56,7 @@ __all__ = [
     "HostPushResult",
     "HostSnapshot",
     "HostState",
+    "LocalEndpoints",
     "PlanError",
     "ProtocolError",
     "ReadHeader",
@@ -130,6 +131,10 @@ class PlanError(ValueError):
 
 # ------------------------------------------------------------------------------------------------ results
 
+# (path, cache alias, entry): how a file spelled the local memcached where a push replaced it, for the revert.
+# ``localhost:PORT`` (what a revert writes anyway) is left out, so a stock host records one or two of them.
+LocalEndpoints = tuple[tuple[str, str, str], ...]
+
 
 @dataclass(frozen=True)
 class HostPushResult:
@@ -142,6 +147,7 @@ class HostPushResult:
     time: datetime | None = None
     message: str = ""
     diffs: tuple[tuple[str, str], ...] = ()  # (path, unified diff) of the files this push changed
+    local_endpoints: LocalEndpoints = ()  # carried from push to push, whatever the state, until a revert
 
     @property
     def ok(self) -> bool:
@@ -150,6 +156,11 @@ class HostPushResult:
     @property
     def file_hashes(self) -> dict[str, str]:
         return dict(self.files)
+
+    @property
+    def local_spellings(self) -> dict[str, dict[str, str]]:
+        """path -> {alias: local entry} as recorded by the pushes (``revert(local=...)`` per file)."""
+        return _by_path(self.local_endpoints)
 
     def to_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -162,6 +173,11 @@ class HostPushResult:
             out["commandId"] = self.command_id
         if self.time is not None:
             out["lastPushTime"] = self.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if self.local_endpoints:
+            out["localEndpoints"] = [
+                {"path": path, "alias": alias, "endpoint": entry}
+                for path, alias, entry in self.local_endpoints
+            ]
         return out
 
     @classmethod
@@ -178,7 +194,32 @@ class HostPushResult:
             command_id=item.get("commandId") or None,
             time=time,
             message=str(item.get("message", "")),
+            local_endpoints=_local_endpoints_from_status(item.get("localEndpoints")),
         )
+
+
+def _by_path(entries: Iterable[tuple[str, str, str]]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for path, alias, entry in entries:
+        out.setdefault(path, {})[alias] = entry
+    return out
+
+
+def _local_endpoints_from_status(items: Any) -> LocalEndpoints:
+    """Entries a revert could not write back (edited status: not local, not strings) are dropped."""
+    out: list[tuple[str, str, str]] = []
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, Mapping):
+            continue
+        path, alias, entry = item.get("path"), item.get("alias"), item.get("endpoint")
+        if (
+            isinstance(path, str)
+            and isinstance(alias, str)
+            and isinstance(entry, str)
+            and is_local_endpoint(entry)
+        ):
+            out.append((path, alias, entry))
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------- bash helpers
@@ -633,6 +674,7 @@ class HostPlan:
     verify: tuple[str, ...] = ()
     memcached: Literal["disable", "enable"] | None = None
     summary: str = ""
+    local_endpoints: LocalEndpoints = ()  # what the host result records once applied (see HostPushResult)
 
     @property
     def is_noop(self) -> bool:
@@ -648,12 +690,20 @@ RestartFor = Callable[[str], Sequence[str]]
 
 def _plan(
     snapshot: HostSnapshot,
-    transform: Callable[[str], RewriteResult],
+    transform: Callable[[str, str], RewriteResult],
     *,
     restart_for: RestartFor,
     verify: Sequence[str],
     memcached: Literal["disable", "enable"] | None,
+    remembered: Iterable[tuple[str, str, str]] = (),
+    record_unless: str | None = None,
 ) -> HostPlan:
+    """``record_unless`` (a push's ``localhost:PORT``) records the other local spellings the rewrite replaces.
+
+    They go over ``remembered`` per (path, alias); an alias replaced from ``record_unless`` forgets an older
+    spelling, so what is kept always is what the last push that moved that alias off local memcached saw.
+    """
+    spellings = {(path, alias): entry for path, alias, entry in remembered}
     changes: list[FileChange] = []
     after: list[tuple[str, str]] = []
     restarts: list[tuple[str, ...]] = []
@@ -663,12 +713,15 @@ def _plan(
         except UnicodeDecodeError as exc:
             raise PlanError(file.path, f"is not UTF-8 (byte {exc.start}); refusing to rewrite it") from None
         try:
-            result = transform(text)
+            result = transform(file.path, text)
         except RewriteError as exc:
             raise PlanError(file.path, str(exc)) from None
         if not result.changed:
             after.append((file.path, file.sha256))
             continue
+        if record_unless is not None:
+            for alias, entry in result.replaced_local.items():
+                spellings[(file.path, alias)] = entry
         new = result.text.encode("utf-8")
         new_sha = hashlib.sha256(new).hexdigest()
         changes.append(
@@ -692,6 +745,7 @@ def _plan(
         verify=tuple(verify) if changes else (),
         memcached=memcached,
         summary=summary,
+        local_endpoints=tuple(sorted((p, a, e) for (p, a), e in spellings.items() if e != record_unless)),
     )
 
 
@@ -704,18 +758,25 @@ def plan_push(
     restart_for: RestartFor,
     verify: Sequence[str] = (),
     disable_local_memcached: bool = False,
+    local_endpoints: Iterable[tuple[str, str, str]] = (),
 ) -> HostPlan:
-    """Re-point every memcached LOCATION that is local (or in ``replace``) at ``endpoints``."""
+    """Re-point every memcached LOCATION that is local (or in ``replace``) at ``endpoints``.
+
+    ``local_endpoints`` (the last result's) are carried into ``HostPlan.local_endpoints`` together with the
+    local spellings this push replaces, other than ``localhost:port``.
+    """
     service = snapshot.service
     action: Literal["disable"] | None = None
     if disable_local_memcached and service is not None and service.running_or_enabled:
         action = "disable"
     return _plan(
         snapshot,
-        lambda text: rewrite(text, to=endpoints, replace=replace, port=port),
+        lambda _path, text: rewrite(text, to=endpoints, replace=replace, port=port),
         restart_for=restart_for,
         verify=verify,
         memcached=action,
+        remembered=local_endpoints,
+        record_unless=f"localhost:{port}",
     )
 
 
@@ -727,8 +788,15 @@ def plan_revert(
     restart_for: RestartFor,
     verify: Sequence[str] = (),
     enable_local_memcached: bool = False,
+    local_endpoints: Iterable[tuple[str, str, str]] = (),
 ) -> HostPlan:
-    """Point ``current`` endpoints (or every remote one) back at ``localhost:port``."""
+    """Point ``current`` endpoints (or every remote one) back at the local memcached.
+
+    Each (path, alias) in ``local_endpoints`` (what the pushes recorded) gets its own spelling back, anything
+    else ``localhost:port``; they are carried into ``HostPlan.local_endpoints`` unchanged.
+    """
+    remembered = tuple(local_endpoints)
+    by_path = _by_path(remembered)
     service = snapshot.service
     action: Literal["enable"] | None = None
     if (
@@ -740,10 +808,11 @@ def plan_revert(
         action = "enable"
     return _plan(
         snapshot,
-        lambda text: revert(text, current=current, port=port),
+        lambda path, text: revert(text, current=current, port=port, local=by_path.get(path)),
         restart_for=restart_for,
         verify=verify,
         memcached=action,
+        remembered=remembered,
     )
 
 

@@ -20,7 +20,7 @@ import difflib
 import ipaddress
 import itertools
 import re
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "RewriteError",
     "RewriteResult",
     "format_endpoint",
+    "is_local_endpoint",
     "is_memcached_backend",
     "local_endpoints",
     "parse_endpoint",
@@ -84,6 +85,11 @@ class CacheChange:
     old: tuple[str, ...]
     new: tuple[str, ...]
 
+    @property
+    def replaced_local(self) -> str | None:
+        """The first local memcached entry this change moved away from, spelled as it was (for a revert)."""
+        return next((e for e in self.old if e not in self.new and is_local_endpoint(e)), None)
+
 
 @dataclass(frozen=True)
 class RewriteResult:
@@ -94,6 +100,16 @@ class RewriteResult:
     @property
     def changed(self) -> bool:
         return self.text != self.original
+
+    @property
+    def replaced_local(self) -> dict[str, str]:
+        """alias -> the local spelling each change replaced: pass it to :func:`revert` as ``local``."""
+        out: dict[str, str] = {}
+        for change in self.changes:
+            spelling = change.replaced_local
+            if spelling is not None:
+                out.setdefault(change.alias, spelling)
+        return out
 
     def unified_diff(self, path: str) -> str:
         """A ``patch``-compatible diff, empty when nothing changed."""
@@ -158,6 +174,15 @@ def local_endpoints(port: int = DEFAULT_PORT) -> frozenset[str]:
     """The spellings of "memcached on this machine" that a rewrite moves away from."""
     _check_port(port)
     return frozenset({f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", f"::1:{port}"})
+
+
+def is_local_endpoint(entry: str) -> bool:
+    """True for one LOCATION entry naming memcached on this machine, as :func:`revert` may write it back.
+
+    Any spelling a rewrite treats as local qualifies (``localhost``, ``127.0.0.1``, ``::1``, any port,
+    python-memcached's ``inet:`` prefixes); surrounding blanks and lists (``;`` / ``,``) do not.
+    """
+    return isinstance(entry, str) and bool(entry) and entry == entry.strip() and _is_local(entry)
 
 
 def is_memcached_backend(backend: str) -> bool:
@@ -237,18 +262,56 @@ def rewrite(
         raise RewriteError("at least one target endpoint (--to HOST:PORT) is required")
     keys = {_endpoint_key(e) for e in local_endpoints(port)}
     keys.update(_endpoint_key(e) for e in _normalize_targets(replace, "--from"))
-    return _apply(text, lambda entry: _endpoint_key(entry) in keys, targets)
+    return _apply(text, lambda entry: _endpoint_key(entry) in keys, lambda _alias: targets)
 
 
-def revert(text: str, *, current: Collection[str] = (), port: int = DEFAULT_PORT) -> RewriteResult:
-    """Point memcached back at ``localhost:port``: the ``current`` endpoints, or every non-local one."""
+def revert(
+    text: str,
+    *,
+    current: Collection[str] = (),
+    port: int = DEFAULT_PORT,
+    local: str | Mapping[str, str] | None = None,
+) -> RewriteResult:
+    """Point memcached back at the local one: the ``current`` endpoints, or every non-local one.
+
+    ``local`` is how to spell the local memcached: one entry for the whole file, or one per cache alias
+    (``CACHES.default``, ``INSIGHTS_MEMCACHE``; what :attr:`RewriteResult.replaced_local` of the push
+    reported), so a revert gives back the bytes the push replaced. Anything not given is ``localhost:port``.
+    """
     _check_port(port)
     remote = {_endpoint_key(e) for e in _normalize_targets(current, "current endpoint")}
+    default = (f"localhost:{port}",)
+    spellings = _local_spellings(local)
 
     def match(entry: str) -> bool:
-        return _endpoint_key(entry) in remote if remote else not _is_local(entry)
+        if remote:
+            return _endpoint_key(entry) in remote
+        # a Jinja expression ("{{ EDXAPP_MEMCACHE }}" in server-vars.yml) names other vars: not an endpoint
+        return not _is_local(entry) and "{{" not in entry and "{%" not in entry
 
-    return _apply(text, match, (f"localhost:{port}",))
+    if isinstance(spellings, str):
+        whole = (spellings,)
+        return _apply(text, match, lambda _alias: whole)
+    return _apply(text, match, lambda alias: (spellings[alias],) if alias in spellings else default)
+
+
+def _local_spellings(local: str | Mapping[str, str] | None) -> str | dict[str, str]:
+    """Check ``revert(local=...)``: writing back anything but a local entry would not be a revert."""
+
+    def check(value: object, what: str) -> str:
+        if not isinstance(value, str) or not is_local_endpoint(value):
+            raise RewriteError(
+                f"{what}: {value!r} is not a local memcached entry such as localhost:11211 or 127.0.0.1:11211"
+            )
+        return value
+
+    if local is None:
+        return {}
+    if isinstance(local, str):
+        return check(local, "local endpoint")
+    if not isinstance(local, Mapping):
+        raise RewriteError(f"local endpoints must be a string or a mapping of cache aliases, got {local!r}")
+    return {str(alias): check(value, f"local endpoint for {alias}") for alias, value in local.items()}
 
 
 # ------------------------------------------------------------------------------------------------- engine
@@ -268,7 +331,8 @@ class _Edit:
     text: str
 
 
-def _apply(text: str, match: Callable[[str], bool], to: tuple[str, ...]) -> RewriteResult:
+def _apply(text: str, match: Callable[[str], bool], to: Callable[[str], tuple[str, ...]]) -> RewriteResult:
+    """Splice ``to(alias)`` in for the matching entries; a LOCATION shared by aliases uses its first alias."""
     bom = "\ufeff" if text.startswith("\ufeff") else ""  # libyaml marks do not count the BOM
     body = text[len(bom) :]
     docs = _compose(body)
@@ -282,7 +346,7 @@ def _apply(text: str, match: Callable[[str], bool], to: tuple[str, ...]) -> Rewr
         node = target.node
         old = _entries(node, target)
         if id(node) not in planned:
-            plan = _plan(old, match, to)
+            plan = _plan(old, match, to(target.alias))
             planned[id(node)] = plan
             if plan is not None:
                 edits.extend(_render(body, node, plan, target))

@@ -7,7 +7,7 @@
 --
 --   Progressing  no status yet; metadata.generation not observed yet; Reconciling=True; being deleted
 --   Degraded     Stalled=True (a human must act); Ready=False once the operator stopped working on it
---   Suspended    spec.paused and Ready=True (nothing is changed while paused)
+--   Suspended    paused (spec.paused, or the edx-remote-cache.openedx.org/paused annotation) and Ready=True
 --   Healthy      Ready=True for the current generation
 local hs = {}
 
@@ -40,6 +40,11 @@ end
 local metadata = obj.metadata or {}
 local spec = obj.spec or {}
 local status = obj.status
+local annotations = metadata.annotations or {}
+-- the operator pauses for either; it reads the annotation case-insensitively (no string library here)
+local pause_annotation = annotations["edx-remote-cache.openedx.org/paused"]
+local paused = spec.paused == true
+  or pause_annotation == "true" or pause_annotation == "True" or pause_annotation == "TRUE"
 
 if metadata.deletionTimestamp ~= nil then
   hs.status = "Progressing"
@@ -97,9 +102,9 @@ if generation ~= nil and ready.observedGeneration ~= nil and tonumber(ready.obse
 end
 
 if ready.status == "True" then
-  if spec.paused == true then
+  if paused then
     hs.status = "Suspended"
-    hs.message = "Paused (spec.paused): " .. describe(ready)
+    hs.message = "Paused: " .. describe(ready)
     return hs
   end
   hs.status = "Healthy"

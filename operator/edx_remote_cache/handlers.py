@@ -25,7 +25,7 @@ from edx_remote_cache.ssm import SsmAdapter
 
 log = logging.getLogger(__name__)
 registry = kopf.OperatorRegistry()
-OPTIONS: dict[str, Any] = {"metrics_port": None, "metrics_addr": "0.0.0.0"}
+OPTIONS: dict[str, Any] = {"metrics_port": None, "metrics_addr": "0.0.0.0", "peering_lifetime": None}
 RESOURCE = (GROUP, VERSION, PLURAL)
 ANNOTATION_PREFIX = "edx-remote-cache.openedx.org"
 
@@ -125,6 +125,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 32
+    if OPTIONS.get("peering_lifetime"):
+        settings.peering.lifetime = max(2, int(OPTIONS["peering_lifetime"]))
     memo.reconciler = build_reconciler()
     if OPTIONS.get("metrics_port"):
         serve(

@@ -69,6 +69,17 @@ CONVERGE_BUDGET_SECONDS = 20.0  # how long one pass keeps re-observing while AWS
 REOBSERVE_DELAY_SECONDS = 0.2
 MAX_ACT_ROUNDS = 8
 COLD_CACHE_SECONDS = 600.0  # after a replacement, a low hit ratio is reported as "cold", not a failure
+# A RolledBack / Failed / Conflict host is pushed again after a back-off that doubles from MIN to MAX, or at
+# once when the spec or the endpoints change (each retry of a rollback restarts its services twice).
+HOST_RETRY_MIN_SECONDS = 60.0
+HOST_RETRY_MAX_SECONDS = 3600.0
+HOST_RETRY_STATES = ("RolledBack", "Failed", "Conflict")
+# Probe figures that move with every probe of a busy (or merely jittery) cache: written when something else
+# changes and with the heartbeat, never on their own (or an idle cache would patch its status every probe).
+HEALTH_FIGURES = ("latencyMs", "currConnections", "bytes", "hitRatio", "hitRatioPercent", "evictions")
+
+
+HostAttempt = tuple[float, int, tuple[str, ...], int]
 
 
 class EventSink(Protocol):
@@ -115,6 +126,12 @@ class ResourceState:
     restarted_at: dict[str, float] = dataclasses.field(default_factory=dict)
     replace: set[str] = dataclasses.field(default_factory=set)
     was_healthy: bool | None = None
+    # instance id -> its last push that ended RolledBack/Failed/Conflict: (time, generation, endpoints, failures)
+    host_attempts: dict[str, HostAttempt] = dataclasses.field(default_factory=dict)
+    acted: list[ActResult] = dataclasses.field(default_factory=list)  # what the last cloud pass changed
+    # instance id -> the endpoints of its last Configured push (after a restart: status.pushedEndpoints)
+    host_targets: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    retry_message: str | None = None  # the last AwsRetrying event, not repeated while the error stays
 
 
 def _now_dt(clock: Callable[[], float]) -> datetime:
@@ -152,6 +169,19 @@ def _progress_status(
         "replacements": {str(k): v for k, v in replacements.items()},
         "replacementTimes": list(times),
     }
+
+
+def _settled(status: Mapping[str, Any]) -> dict[str, Any]:
+    """``status`` without the probe figures that are refreshed only with the heartbeat (HEALTH_FIGURES)."""
+    health = status.get("health")
+    if not isinstance(health, Mapping):
+        return dict(status)
+    return {**status, "health": {k: v for k, v in health.items() if k not in HEALTH_FIGURES}}
+
+
+def _replacement_count(generations: Mapping[int, int]) -> int:
+    """Launches that replaced an instance (generation > 0); a replica's first launch (generation 0) is not one."""
+    return sum(1 for generation in generations.values() if generation > 0)
 
 
 def _mutating(plan: Plan) -> list[Any]:
@@ -197,7 +227,7 @@ class Reconciler:
         """Patch status only when it changed (heartbeat fields excepted), or when the heartbeat is due."""
         namespace, name, _, _ = _meta(obj)
         due = self.a.clock() - state.written_at >= HEARTBEAT_SECONDS
-        if not force and not due and not status_changed(state.status, new):
+        if not force and not due and not status_changed(_settled(state.status), _settled(new)):
             return False
         patch = dict(new)
         for key in state.status:  # a merge patch keeps keys it does not mention: clear the ones we dropped
@@ -295,10 +325,15 @@ class Reconciler:
             )
             return
         except RetryableAwsError as exc:
-            facts = dataclasses.replace(
-                state.facts or Facts(generation=generation), generation=generation, converging=True
-            )
-            await self._publish(obj, state, facts)
+            if state.facts is not None and state.facts.generation == generation:
+                await self._publish(obj, state, dataclasses.replace(state.facts, converging=True))
+            elif not state.status.get("conditions"):
+                await self._publish(obj, state, Facts(generation=generation, converging=True))
+            else:  # a new generation not applied yet: the status keeps describing the last one it was
+                message = f"generation {generation} not applied yet: AWS {exc.code}: {exc.message}"
+                if message != state.retry_message:
+                    self.a.events(obj, "Warning", "AwsRetrying", message)
+                state.retry_message = message
             raise RequeueError(f"AWS {exc.code}: {exc.message}", delay=5.0) from exc
 
         hosts = await self._converge_hosts(obj, state, spec, cloud, mutate=not paused, trigger=trigger)
@@ -333,9 +368,15 @@ class Reconciler:
             instance_ids=spec.openedx.hosts,
             selector=spec.openedx.host_selector or None,
         )
-        edx_ids = [h.instance_id for h in edx if h.state in ("running", "pending", "stopped")]
+        # rollout order: spec.openedx.hosts as listed (a canary first), then hosts matched by the selector
+        listed = {iid: n for n, iid in enumerate(spec.openedx.hosts)}
+        edx_ids = sorted(
+            (h.instance_id for h in edx if h.state in ("running", "pending", "stopped")),
+            key=lambda iid: (listed.get(iid, len(listed)), iid),
+        )
         launches, replacements, times = _progress(state.status)
         deadline = time.monotonic() + CONVERGE_BUDGET_SECONDS
+        state.acted = []
         result: ActResult | None = None
         for _round in range(MAX_ACT_ROUNDS):
             desired = desired_from_spec(
@@ -383,13 +424,16 @@ class Reconciler:
                 observer.invalidate(owner)
                 raise
             result = done
+            state.acted.append(done)
             launches = prune_launches(
                 record_launches(launches, done, now=self.a.clock()),
                 owner_uid=owner.uid,
                 replacements=record_replacements(replacements, done),
             )
-            if done.generations:
-                times = [*times, *([self.a.clock()] * len(done.generations))]
+            replaced = _replacement_count(done.generations)
+            if replaced:  # first launches (and scale-ups) are not replacements: no cold cache, no rate limit
+                times = [*times, *([self.a.clock()] * replaced)]
+            if done.terminated:
                 state.replace -= set(done.terminated)
             replacements = record_replacements(replacements, done)
             self._announce(obj, plan)
@@ -430,7 +474,15 @@ class Reconciler:
     ) -> None:
         progress = _progress_status(launches, replacements, times)
         if state.status.get("progress") != progress:
-            new = {**state.status, "progress": progress}
+            generation = _meta(obj)[3]
+            if state.status.get("conditions"):
+                # only the launch record: the conditions (and observedGeneration) are for what was last
+                # fully reconciled, and must not claim a generation that is still being applied
+                new = {**state.status, "progress": progress}
+            else:  # a brand-new object's first launch: say what is going on, not just the launch record
+                new = self._status_from(
+                    obj, state, Facts(generation=generation, converging=True), progress=progress
+                )
             await self.write_status(obj, state, new, force=True)
 
     async def _converge_hosts(
@@ -448,34 +500,51 @@ class Reconciler:
         complete = len(targets) == spec.instance.replicas and bool(targets)
         if not complete or not cloud.edx_hosts:
             return [previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
+        generation = _meta(obj)[3]
         pushed = list(state.status.get("pushedEndpoints") or [])
-        stale = [h for h in cloud.edx_hosts if h not in previous or previous[h].state != "Configured"]
+        due = [h for h in cloud.edx_hosts if self._host_due(state, previous.get(h), generation, targets)]
+        configured = [h for h in cloud.edx_hosts if h in previous and previous[h].state == "Configured"]
+        # Configured hosts whose files name other endpoints than the current ones (a scale-up, a replacement)
+        retargeted = [h for h in configured if state.host_targets.get(h, tuple(pushed)) != tuple(targets)]
+        settled = [h for h in configured if h not in retargeted]
         drifted: list[str] = []
-        if trigger == "drift" and not stale and list(targets) == pushed:
+        if trigger == "drift" and settled:
             reports = await asyncio.to_thread(
                 detect_drift,
                 ssm=self.a.ssm(spec.region),
-                hosts=cloud.edx_hosts,
-                expected=expected_files(previous.values()),
+                hosts=settled,
+                expected=expected_files(previous[h] for h in settled),
             )
             drifted = [h for h, r in reports.items() if r.drifted]
             for host in drifted:
-                self.a.events(obj, "Warning", "HostDrift", f"{host}: {reports[host].reason}; re-applying")
-        if list(targets) == pushed and not stale and not drifted:
+                report = reports[host]
+                if not report.current:  # could not look (agent offline...): the push below says why
+                    continue
+                then = "paused, not re-applying" if not mutate else "re-applying"
+                self.a.events(obj, "Warning", "HostDrift", f"{host}: {report.reason}; {then}")
+        # A RolledBack/Failed/Conflict host is pushed again only when its back-off is over (see _host_due).
+        todo = [h for h in cloud.edx_hosts if h in due or h in drifted or h in retargeted]
+        if not todo:
             return [previous[h] for h in cloud.edx_hosts]
         if not mutate:
             return [previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
-        replace = [e for e in pushed if e not in targets]
+        # Every endpoint this object may have written is replaced as one block by the new ordered list: a host
+        # with [a] becomes [a, b] on a scale-up, [a, b] becomes [c, b] when a is replaced.
+        old = [*pushed, *(state.status.get("endpoints") or [])]
+        old += [e for h in todo for e in state.host_targets.get(h, ())]
+        replace = list(dict.fromkeys([*old, *targets]))
         results = await asyncio.to_thread(
             push_hosts,
             ssm=self.a.ssm(spec.region),
-            hosts=cloud.edx_hosts,
+            hosts=todo,
             openedx=spec.openedx,
             endpoints=list(targets),
             replace=replace,
             port=spec.memcached.port,
             previous=previous,
         )
+        now = self.a.clock()
+        fresh: dict[str, HostPushResult] = {}
         for r in results:
             before = previous.get(r.instance_id)
             if r.state == "Configured" and r.diffs:
@@ -484,9 +553,51 @@ class Reconciler:
                 before is None or before.state != r.state or before.message != r.message
             ):
                 self.a.events(obj, "Warning", f"Host{r.state}", f"{r.instance_id}: {r.message}")
-        if all(r.state == "Configured" for r in results):
+            if (
+                r.state in ("Unreachable", "Pending")
+                and before is not None
+                and (before.state, before.message) == (r.state, r.message)
+            ):  # the same news again: keep its time, so a host that stays offline causes no status churn
+                r = dataclasses.replace(r, time=before.time, command_id=before.command_id)
+            if r.state == "Configured":
+                state.host_targets[r.instance_id] = tuple(targets)
+            if r.state in HOST_RETRY_STATES:
+                last = state.host_attempts.get(r.instance_id)
+                same = last is not None and last[1] == generation and last[2] == tuple(targets)
+                failures = last[3] + 1 if same and last is not None else 1
+                state.host_attempts[r.instance_id] = (now, generation, tuple(targets), failures)
+            else:
+                state.host_attempts.pop(r.instance_id, None)
+            fresh[r.instance_id] = r
+        merged = [fresh.get(h) or previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
+        if all(r.state == "Configured" for r in merged):
             state.status["pushedEndpoints"] = list(targets)
-        return results
+        return merged
+
+    def _host_due(
+        self,
+        state: ResourceState,
+        previous: HostPushResult | None,
+        generation: int,
+        targets: Sequence[str],
+    ) -> bool:
+        """Whether a host that is not Configured should be pushed now.
+
+        Pending / Unreachable hosts: every pass (nothing was changed on them; an offline agent costs one
+        DescribeInstanceInformation). RolledBack / Failed / Conflict hosts had their services restarted (twice
+        for a rollback) or need a human: again only when the spec or the endpoints changed, or after a back-off
+        that doubles from HOST_RETRY_MIN_SECONDS (at least 2 drift intervals) to HOST_RETRY_MAX_SECONDS.
+        """
+        if previous is None or previous.state in ("Pending", "Unreachable"):
+            return True
+        if previous.state not in HOST_RETRY_STATES:
+            return False
+        last = state.host_attempts.get(previous.instance_id)
+        if last is None or last[1] != generation or last[2] != tuple(targets):
+            return True  # a new spec, new endpoints, or an operator restart: try once more
+        drift = float(state.spec.drift_interval_seconds) if state.spec is not None else 60.0
+        wait = min(HOST_RETRY_MAX_SECONDS, max(HOST_RETRY_MIN_SECONDS, 2 * drift) * 2 ** (last[3] - 1))
+        return self.a.clock() - last[0] >= wait
 
     # ------------------------------------------------------------------------------------------ facts
 
@@ -593,13 +704,13 @@ class Reconciler:
     async def probe_once(self, obj: Mapping[str, Any]) -> list[ProbeResult]:
         """One probe round from the daemon: updates health, conditions and (when due) the heartbeat."""
         state = self.state(obj)
-        spec = state.spec
-        if spec is None or state.facts is None or state.stalled_generation is not None:
-            return []
-        targets = list(state.status.get("endpoints") or [])
-        async with state.lock:
+        async with state.lock:  # a pass may be running: read what it leaves behind, not what it started from
+            spec, facts = state.spec, state.facts
+            if spec is None or facts is None or state.stalled_generation is not None:
+                return []
+            targets = list(state.status.get("endpoints") or [])
             results = await self._probe(obj, state, spec, targets)
-            facts = dataclasses.replace(state.facts, healing=state.healing, **self._probe_facts(state, spec))
+            facts = dataclasses.replace(facts, healing=state.healing, **self._probe_facts(state, spec))
             health = self._health(state, results)
             await self._publish(obj, state, facts, health=health)
         return results
@@ -623,10 +734,14 @@ class Reconciler:
         spec = state.spec
         if spec is None or not spec.healing.enabled or is_paused(obj, spec):
             return None
+        if state.stalled_generation is not None:
+            return None  # stalled (e.g. by the replacement limit): nothing is probed or healed until the spec changes
         if state.consecutive_failures < spec.probe.failure_threshold:
             if state.healing and state.consecutive_failures == 0:
                 self.a.events(obj, "Normal", "Healed", f"cache healthy again after: {state.healing}")
                 state.healing = None
+                # the ladder starts over: the next failure gets a restart first, not straight a replacement
+                state.restarted_at.clear()
             return None
         failing = [r.endpoint for r in state.last_probe if not r.healthy]
         by_endpoint = {
@@ -647,6 +762,9 @@ class Reconciler:
         inst: Mapping[str, Any],
         endpoint: str,
     ) -> str | None:
+        """Rung 1: restart memcached over SSM (once, while the agent answers). Rung 2: look at the instance
+        again; a stopped one is started, a terminated one relaunched, by the cloud reconcile itself. Rung 3:
+        a running instance whose memcached still fails after the restart is replaced (rate limited)."""
         instance_id = inst["id"]
         now = self.a.clock()
         restarted = state.restarted_at.get(instance_id)
@@ -665,39 +783,52 @@ class Reconciler:
                     )  # fmt: skip
                     if result.ok:
                         return "RestartMemcached"
+                    log.warning("restart of memcached on %s ended %s", instance_id, result.status)
                 except SsmError as exc:
                     log.warning("restart of memcached on %s failed: %s", instance_id, exc)
         elif now - restarted < patience:
             return None  # give the restart time to show in the probes
-        # Still failing (or no agent): let the cloud reconcile start a stopped instance, replace anything else.
-        _, _, times = _progress(state.status)
-        recent = [t for t in times if now - t < 3600]
-        if inst.get("state") == "stopped":
+        namespace, name, uid, generation = _meta(obj)
+        observer = self.a.observer(spec.region, float(spec.drift_interval_seconds))
+        # Rung 2: a fresh look. Stopped or terminated behind our back? The reconcile starts / relaunches it (and
+        # re-points the hosts); nothing to replace then.
+        observer.invalidate(Owner(namespace, name, uid))
+        state.acted = []
+        with contextlib.suppress(RequeueError):  # the daemon's next round continues where this stopped
+            await self.reconcile(obj, trigger="heal")
+        started = [i for r in state.acted for i in r.started]
+        launched = [i for r in state.acted for i in r.launched.values()]
+        current = next((i for i in state.status.get("instances") or [] if i.get("id") == instance_id), None)
+        if instance_id in started or (current is not None and current.get("state") in ("pending", "stopped")):
             state.healing = f"starting stopped instance {instance_id}"
             await self._record_heal(obj, state, "StartInstance", instance_id, state.healing)
-        elif len(recent) >= spec.healing.max_replacements_per_hour:
+            return "StartInstance"
+        if launched or current is None or current.get("state") != "running":
+            state.healing = f"replacing {instance_id} (it is {current.get('state') if current else 'gone'})"
+            await self._record_heal(obj, state, "ReplaceInstance", instance_id, state.healing)
+            return "ReplaceInstance"
+        # Rung 3: running, restarted (or no agent to restart it), still failing.
+        _, _, times = _progress(state.status)
+        recent = [t for t in times if now - t < 3600]
+        if len(recent) >= spec.healing.max_replacements_per_hour:
             message = (
                 f"healing: {len(recent)} replacement(s) in the last hour reached healing.maxReplacementsPerHour "
                 f"({spec.healing.max_replacements_per_hour}); {instance_id} stays unhealthy until a human looks"
             )
             state.healing = None
-            _, _, _, generation = _meta(obj)
             state.stalled_generation = generation
             await self._publish(
                 obj, state, dataclasses.replace(state.facts or Facts(generation), terminal_error=message)
             )
             self.a.events(obj, "Warning", "HealingRateLimited", message)
             return "RateLimited"
-        else:
-            state.healing = f"replacing {instance_id} ({endpoint} still failing)"
-            state.replace.add(instance_id)
-            await self._record_heal(obj, state, "ReplaceInstance", instance_id, state.healing)
-        observer = self.a.observer(spec.region, float(spec.drift_interval_seconds))
-        namespace, name, uid, _ = _meta(obj)
+        state.healing = f"replacing {instance_id} ({endpoint} still failing)"
+        state.replace.add(instance_id)
+        await self._record_heal(obj, state, "ReplaceInstance", instance_id, state.healing)
         observer.invalidate(Owner(namespace, name, uid))
-        with contextlib.suppress(RequeueError):  # the daemon's next round continues where this stopped
+        with contextlib.suppress(RequeueError):
             await self.reconcile(obj, trigger="heal")
-        return "ReplaceInstance" if instance_id in state.replace or state.healing else "StartInstance"
+        return "ReplaceInstance"
 
     async def _record_heal(
         self, obj: Mapping[str, Any], state: ResourceState, action: str, instance_id: str, reason: str
@@ -724,7 +855,10 @@ class Reconciler:
         owner = Owner(namespace, name, uid)
         async with state.lock:
             status = state.status or dict(obj.get("status") or {})
-            pushed = list(status.get("pushedEndpoints") or status.get("endpoints") or [])
+            # every endpoint a host may name: the last complete push, and what a partial push may have written
+            known = [*(status.get("pushedEndpoints") or []), *(status.get("endpoints") or [])]
+            known += [e for targets in state.host_targets.values() for e in targets]
+            pushed = list(dict.fromkeys(known))
             hosts = [h["instanceId"] for h in status.get("hosts") or [] if h.get("state") != "Pending"]
             if spec.revert_hosts_on_delete and hosts and pushed and not status.get("hostsReverted"):
                 results = await asyncio.to_thread(
@@ -734,14 +868,22 @@ class Reconciler:
                     openedx=spec.openedx,
                     current_endpoints=pushed,
                     port=spec.memcached.port,
+                    # each file's own local spelling (127.0.0.1:11211 in insights.yml) goes back byte for byte
+                    previous={h["instanceId"]: HostPushResult.from_status(h) for h in status.get("hosts") or []},
                 )
                 failed = [r for r in results if r.state != "Configured"]
                 if failed and retry < 3:
                     raise RequeueError(
                         "; ".join(f"{r.instance_id}: {r.state} {r.message}" for r in failed), 5.0
                     )
-                for r in failed:
-                    self.a.events(obj, "Warning", "RevertFailed", f"{r.instance_id}: {r.state} {r.message}")
+                for r in failed:  # given up after a few tries: AWS is cleaned up regardless
+                    self.a.events(
+                        obj,
+                        "Warning",
+                        "RevertFailed",
+                        f"{r.instance_id}: {r.state} {r.message}; its files may still name {', '.join(pushed)}: "
+                        "run `edx-remote-cache rewrite --revert` on its config files",
+                    )
                 for r in results:
                     if r.state == "Configured":
                         self.a.events(

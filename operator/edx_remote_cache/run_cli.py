@@ -25,6 +25,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--standalone", action="store_true", help="no peering (a single replica)")
     parser.add_argument("--priority", type=int, default=None, help="peering priority (highest acts)")
     parser.add_argument(
+        "--peering-lifetime",
+        type=int,
+        default=None,
+        help="seconds a replica's peering record stays valid without a keep-alive (kopf default 60): how long"
+        " a standby waits before taking over from a replica that died without saying goodbye",
+    )
+    parser.add_argument(
         "--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
     )
     parser.add_argument(
@@ -44,7 +51,11 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers.OPTIONS.update(metrics_port=args.metrics_port, metrics_addr=args.metrics_addr)
+    handlers.OPTIONS.update(
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+        peering_lifetime=args.peering_lifetime,
+    )
     peering = args.peering or os.environ.get("EDX_REMOTE_CACHE_PEERING")
     kopf.run(
         clusterwide=not args.namespace,

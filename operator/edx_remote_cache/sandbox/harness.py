@@ -6,6 +6,7 @@ environment (KUBECONFIG, AWS_ENDPOINT_URL, the address map), so every test exerc
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from typing import Any
 from edx_remote_cache import GROUP, KIND, VERSION
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+_SERIAL = itertools.count(1)
 
 
 def free_port() -> int:
@@ -39,7 +41,10 @@ class OperatorProcess:
         args: Sequence[str] = ("--all-namespaces", "--standalone"),
         metrics: bool = True,
     ) -> None:
-        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        # POD_ID: kopf's peering identity. Without it kopf resolves this machine's hostname (a DNS lookup
+        # that may leave loopback); it also tells replicas of one test apart in peering objects and logs.
+        pod_id = f"edx-remote-cache-sandbox-{os.getpid()}-{next(_SERIAL)}"
+        self.env = {"POD_ID": pod_id, **os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
         self.liveness_port = free_port()
         self.metrics_port = free_port() if metrics else None

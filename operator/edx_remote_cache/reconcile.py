@@ -869,7 +869,9 @@ class Reconciler:
                     current_endpoints=pushed,
                     port=spec.memcached.port,
                     # each file's own local spelling (127.0.0.1:11211 in insights.yml) goes back byte for byte
-                    previous={h["instanceId"]: HostPushResult.from_status(h) for h in status.get("hosts") or []},
+                    previous={
+                        h["instanceId"]: HostPushResult.from_status(h) for h in status.get("hosts") or []
+                    },
                 )
                 failed = [r for r in results if r.state != "Configured"]
                 if failed and retry < 3:

@@ -168,7 +168,13 @@ async def watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, *
         spec = state.spec
         interval = spec.probe.interval_seconds if spec else 0.5  # no spec yet: the first reconcile is due
         try:
-            await reconciler.probe_once(obj)
+            results = await reconciler.probe_once(obj)
+            failing = [r for r in results if not r.healthy]
+            if spec is not None and failing:
+                # A failing cache is re-checked at once so failureThreshold probes take ~threshold x timeout, not
+                # threshold x interval: a timeout has already cost its wait; anything else waits one timeout.
+                timed_out = all(r.error_kind == "timeout" for r in failing)
+                interval = 0.0 if timed_out else min(interval, spec.probe.timeout_seconds)
             await reconciler.heal(obj)
             if spec is not None and loop.time() - last_drift >= spec.drift_interval_seconds:
                 last_drift = loop.time()

@@ -165,3 +165,41 @@ def index_sandbox_instances(sb: Any) -> None:
         return found
 
     sb._instance = _instance
+
+
+def scrape_metrics(url: str, timeout: float = 20.0) -> dict[str, float]:
+    """The operator's /metrics (on 127.0.0.1), summed per family of interest.
+
+    probes: probe results recorded (the probe-duration histogram's _count, all resources);
+    reconciles_<trigger>_<outcome>: reconcile passes; status_writes: status PATCHes sent.
+    Empty if the endpoint does not answer.
+    """
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            text = response.read().decode("utf-8", "replace")
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name, _, labels = name_labels.partition("{")
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if name == "edx_remote_cache_probe_duration_seconds_count":
+            key = "probes"
+        elif name == "edx_remote_cache_reconcile_total":
+            trigger = labels.split('trigger="', 1)[-1].split('"', 1)[0] if 'trigger="' in labels else "?"
+            outcome = labels.split('outcome="', 1)[-1].split('"', 1)[0] if 'outcome="' in labels else "?"
+            key = f"reconciles_{trigger}_{outcome}"
+        elif name == "edx_remote_cache_status_writes_total":
+            key = "status_writes"
+        else:
+            continue
+        out[key] = out.get(key, 0.0) + number
+    return out

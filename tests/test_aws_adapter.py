@@ -20,6 +20,7 @@ from edx_remote_cache import OWNER_TAG, OWNER_UID_TAG
 from edx_remote_cache.aws import (
     AwsClients,
     CloudLookups,
+    EdxHostDirectory,
     RegionObserver,
     RetryableAwsError,
     TerminalAwsError,
@@ -668,6 +669,33 @@ def test_describe_edx_hosts_by_ids_and_selector(world: World) -> None:
     assert world.calls.calls == ["DescribeInstances", "DescribeInstances"]
     (only,) = describe_edx_hosts(world.clients.ec2, instance_ids=[world.edx_host])
     assert only.state == "running"
+
+
+@pytest.mark.timeout(120)
+def test_edx_host_directory_serves_every_resource_from_one_read_per_interval(world: World) -> None:
+    hosts = [
+        world.edx_host,
+        *(world.launch_plain(groups=[world.edx_group], tags={"Role": "openedx-app"}) for _ in range(3)),
+    ]
+    now = [0.0]
+    directory = EdxHostDirectory(world.clients.ec2, ttl_seconds=60, clock=lambda: now[0])
+    for host in hosts:  # four resources, one host each: each id is new, so each is read at once
+        assert [h.instance_id for h in directory.hosts(instance_ids=[host])] == [host]
+    world.calls.reset()
+    for _ in range(5):  # steady state within the interval: no call at all
+        for host in hosts:
+            (found,) = directory.hosts(instance_ids=[host])
+            assert found.security_group_ids == (world.edx_group,)
+    assert world.calls.calls == []
+    now[0] = 61.0  # next interval: every known id is re-read together
+    for host in hosts:
+        directory.hosts(instance_ids=[host])
+    assert world.calls.calls == ["DescribeInstances"]
+    world.calls.reset()
+    world.clients.ec2.stop_instances(InstanceIds=[hosts[0]])
+    now[0] = 122.0
+    (stopped,) = directory.hosts(instance_ids=[hosts[0]])
+    assert stopped.state in ("stopping", "stopped")
 
 
 # --- batched observe ------------------------------------------------------------------------------------------------

@@ -374,6 +374,59 @@ def describe_edx_hosts(
     return [edx_host_from_instance(inst) for _, inst in sorted(raw.items())]
 
 
+class EdxHostDirectory:
+    """The Open edX hosts of every resource in a region, read together: one batched DescribeInstances per TTL.
+
+    Each resource names its hosts by id and/or a tag selector. The directory remembers every id and selector it
+    was asked for, re-reads them all at once when the TTL (the drift interval) has passed, and reads an id or a
+    selector it has never seen straight away, so a spec change is never answered from an old snapshot.
+    Thread-safe.
+    """
+
+    def __init__(self, ec2: Any, *, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ec2 = ec2
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._raw: dict[str, dict[str, Any]] = {}
+        self._ids: set[str] = set()
+        self._selected: dict[tuple[tuple[str, str], ...], tuple[str, ...]] = {}
+        self._fetched_at: float | None = None
+
+    def _read_ids(self, ids: Sequence[str]) -> None:
+        for chunk in _chunks(sorted(ids)):
+            for inst in _describe_instances(self._ec2, [{"Name": "instance-id", "Values": chunk}]):
+                self._raw[inst["InstanceId"]] = inst
+
+    def _read_selector(self, key: tuple[tuple[str, str], ...]) -> None:
+        found = _describe_instances(self._ec2, [{"Name": f"tag:{k}", "Values": [v]} for k, v in key])
+        for inst in found:
+            self._raw[inst["InstanceId"]] = inst
+        self._selected[key] = tuple(inst["InstanceId"] for inst in found)
+
+    def hosts(
+        self, *, instance_ids: Sequence[str] = (), selector: Mapping[str, str] | None = None
+    ) -> list[EdxHost]:
+        key = tuple(sorted((selector or {}).items()))
+        with self._lock:
+            now = self._clock()
+            if self._fetched_at is None or now - self._fetched_at >= self._ttl:
+                self._raw = {}
+                self._read_ids(sorted(self._ids))
+                for known in list(self._selected):
+                    self._read_selector(known)
+                self._fetched_at = now
+            missing = sorted(set(instance_ids) - self._ids)
+            if missing:
+                self._ids.update(missing)
+                self._read_ids(missing)
+            if key and key not in self._selected:
+                self._read_selector(key)
+            wanted = set(instance_ids) | set(self._selected.get(key, ()) if key else ())
+            raw = {i: self._raw[i] for i in wanted if i in self._raw}
+        return [edx_host_from_instance(inst) for _, inst in sorted(raw.items())]
+
+
 # --- cached lookups ------------------------------------------------------------------------------------------
 
 

@@ -20,11 +20,11 @@ from edx_remote_cache import OWNER_TAG
 from edx_remote_cache.aws import (
     AwsClients,
     CloudLookups,
+    EdxHostDirectory,
     RegionObserver,
     RetryableAwsError,
     TerminalAwsError,
     act,
-    describe_edx_hosts,
 )
 from edx_remote_cache.cloud_plan import (
     ActResult,
@@ -47,6 +47,7 @@ from edx_remote_cache.cloud_plan import (
     teardown_plan,
 )
 from edx_remote_cache.conditions import (
+    HEARTBEAT_FIELDS,
     Facts,
     compute_conditions,
     compute_phase,
@@ -100,6 +101,7 @@ class Adapters:
 
     clients: Callable[[str], AwsClients]
     observer: Callable[[str, float], RegionObserver]
+    edx_hosts: Callable[[str, float], EdxHostDirectory]
     lookups: Callable[[str], CloudLookups]
     ssm: Callable[[str], SsmAdapter]
     status: StatusWriter
@@ -362,9 +364,8 @@ class Reconciler:
             lookups.image, ami=spec.instance.ami, ami_parameter=spec.instance.ami_parameter
         )
         vpc_id = await asyncio.to_thread(lookups.vpc_id, spec.instance.subnet_id)
-        edx = await asyncio.to_thread(
-            describe_edx_hosts,
-            clients.ec2,
+        edx = await asyncio.to_thread(  # one batched read per region per drift interval, shared by all resources
+            self.a.edx_hosts(region, float(spec.drift_interval_seconds)).hosts,
             instance_ids=spec.openedx.hosts,
             selector=spec.openedx.host_selector or None,
         )
@@ -712,6 +713,14 @@ class Reconciler:
             results = await self._probe(obj, state, spec, targets)
             facts = dataclasses.replace(facts, healing=state.healing, **self._probe_facts(state, spec))
             health = self._health(state, results)
+            # the common case at scale: nothing new and no heartbeat due, so skip building and diffing the status
+            heartbeat_due = self.a.clock() - state.written_at >= HEARTBEAT_SECONDS
+            if (
+                facts == state.facts
+                and not heartbeat_due
+                and _steady(health) == _steady(state.status.get("health"))
+            ):
+                return results
             await self._publish(obj, state, facts, health=health)
         return results
 
@@ -914,6 +923,14 @@ class Reconciler:
                 obj, "Normal", "Deleted", f"cloud resources removed (deletionPolicy {spec.deletion_policy})"
             )
         self.forget(obj)
+
+
+def _steady(health: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """`status.health` as the write decision sees it: without heartbeat fields, probe figures and nulls."""
+    if health is None:
+        return None
+    skip = {path[1] for path in HEARTBEAT_FIELDS if path[0] == "health"} | set(HEALTH_FIGURES)
+    return {k: v for k, v in health.items() if v is not None and k not in skip}
 
 
 def owner_key(obj: Mapping[str, Any]) -> str:

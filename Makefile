@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # mypy-checked: the pure domain modules (plus the reconcile layer that glues them to the adapters)
-PURE_MODULES := spec.py rewrite.py userdata.py conditions.py cloud_plan.py push_plan.py
+PURE_MODULES := spec.py rewrite.py userdata.py conditions.py cloud_plan.py push_plan.py drift_plan.py
 
 .PHONY: install demo test test-fast e2e lint bench sandbox clean
 

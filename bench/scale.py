@@ -270,11 +270,14 @@ def run_scale(
 
     calls = [w["aws_calls"] * drift / w["seconds"] for w in per_window]  # per drift interval
     ec2 = [w["ec2_calls"] * drift / w["seconds"] for w in per_window]
+    ssm = [w["ssm_calls"] * drift / w["seconds"] for w in per_window]
     span = sum(w["seconds"] for w in per_window)
     writes = sum(w["status_writes"] for w in per_window)
     return {
         "steady_aws_calls_per_interval": figure(calls, digits=1, resources=n, regions=1),
         "steady_ec2_calls_per_interval": figure(ec2, digits=1, resources=n, regions=1),
+        # the host-file drift check (SSM) on its own: a cost ACK/Crossplane-style controllers do not have
+        "steady_ssm_calls_per_interval": figure(ssm, digits=1, resources=n, regions=1, open_edx_hosts=2),
         "per_resource_calls_ratio": figure(
             [c / n / PER_RESOURCE_BASELINE_CALLS for c in calls], digits=4, resources=n
         ),

@@ -328,6 +328,11 @@ class RegionObserver:
         self._fetched_at = 0.0
         self._stale: set[str] = set()
 
+    @property
+    def fetched_at(self) -> float | None:
+        """When the shared snapshot was read (the observer's clock); None before the first read."""
+        return self._fetched_at if self._snapshot is not None else None
+
     def observe(self, owner: Owner, *, adopt_instance_ids: Sequence[str] = ()) -> ObservedCloud:
         """What `owner` has, plus any `adopt_instance_ids` not yet tagged (one extra call while adopting)."""
         with self._lock:

@@ -11,6 +11,7 @@ import concurrent.futures
 import copy
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ import kopf
 
 from edx_remote_cache import GROUP, PLURAL, VERSION
 from edx_remote_cache.aws import AwsClients, CloudLookups, EdxHostDirectory, RegionObserver, make_clients
+from edx_remote_cache.host_drift import HostDriftChecker
 from edx_remote_cache.kube_status import KubernetesStatusWriter
 from edx_remote_cache.metrics import Metrics, serve
 from edx_remote_cache.reconcile import Adapters, Reconciler, RequeueError
@@ -37,10 +39,12 @@ class _Regional:
     def __init__(self, metrics: Metrics) -> None:
         self._lock = threading.Lock()
         self._clients: dict[str, AwsClients] = {}
-        self._observers: dict[str, RegionObserver] = {}
-        self._edx_hosts: dict[str, EdxHostDirectory] = {}
+        # keyed by (region, drift interval): resources sharing a snapshot must agree on how old it may get
+        self._observers: dict[tuple[str, float], RegionObserver] = {}
+        self._edx_hosts: dict[tuple[str, float], EdxHostDirectory] = {}
         self._lookups: dict[str, CloudLookups] = {}
         self._ssm: dict[str, SsmAdapter] = {}
+        self._host_drift: dict[tuple[str, float], HostDriftChecker] = {}
         self._metrics = metrics
         import boto3
 
@@ -63,17 +67,17 @@ class _Regional:
     def observer(self, region: str, ttl: float) -> RegionObserver:
         clients = self.clients(region)
         with self._lock:
-            observer = self._observers.get(region)
+            observer = self._observers.get((region, ttl))
             if observer is None:
-                observer = self._observers[region] = RegionObserver(clients.ec2, ttl_seconds=ttl)
+                observer = self._observers[region, ttl] = RegionObserver(clients.ec2, ttl_seconds=ttl)
             return observer
 
     def edx_hosts(self, region: str, ttl: float) -> EdxHostDirectory:
         clients = self.clients(region)
         with self._lock:
-            if region not in self._edx_hosts:
-                self._edx_hosts[region] = EdxHostDirectory(clients.ec2, ttl_seconds=ttl)
-            return self._edx_hosts[region]
+            if (region, ttl) not in self._edx_hosts:
+                self._edx_hosts[region, ttl] = EdxHostDirectory(clients.ec2, ttl_seconds=ttl)
+            return self._edx_hosts[region, ttl]
 
     def lookups(self, region: str) -> CloudLookups:
         clients = self.clients(region)
@@ -88,6 +92,13 @@ class _Regional:
             if region not in self._ssm:
                 self._ssm[region] = SsmAdapter(clients.ssm)
             return self._ssm[region]
+
+    def host_drift(self, region: str, ttl: float) -> HostDriftChecker:
+        ssm = self.ssm(region)
+        with self._lock:
+            if (region, ttl) not in self._host_drift:
+                self._host_drift[region, ttl] = HostDriftChecker(ssm, ttl_seconds=ttl)
+            return self._host_drift[region, ttl]
 
 
 def _post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -107,6 +118,7 @@ def build_reconciler() -> Reconciler:
             edx_hosts=regional.edx_hosts,
             lookups=regional.lookups,
             ssm=regional.ssm,
+            host_drift=regional.host_drift,
             status=KubernetesStatusWriter(),
             resolver=resolver_from_env(),
             events=_post_event,
@@ -173,8 +185,7 @@ async def delete(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None
 async def watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
     """Probe every probe.intervalSeconds, heal when needed, re-observe for drift every driftIntervalSeconds."""
     reconciler: Reconciler = memo.reconciler
-    loop = asyncio.get_running_loop()
-    last_drift = loop.time()
+    last_drift = time.monotonic()
     while not stopped:
         obj = _snapshot(body)
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
@@ -191,12 +202,12 @@ async def watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, *
                 timed_out = all(r.error_kind == "timeout" for r in failing)
                 interval = 0.0 if timed_out else min(interval, spec.probe.timeout_seconds)
             await reconciler.heal(obj)
-            if spec is not None and loop.time() - last_drift >= spec.drift_interval_seconds:
-                last_drift = loop.time()
+            if spec is not None and reconciler.drift_due(obj, last_drift):
+                last_drift = time.monotonic()
                 try:
                     await reconciler.reconcile(obj, trigger="drift")
                 except RequeueError:
-                    last_drift = loop.time() - spec.drift_interval_seconds + 2  # come back soon
+                    last_drift = time.monotonic() - spec.drift_interval_seconds + 2  # come back soon
         except Exception:  # the daemon must outlive any one failure; the next round retries
             log.exception("probe/heal/drift round failed for %s", obj["metadata"].get("name"))
         await stopped.wait(interval)

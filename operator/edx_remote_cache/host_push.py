@@ -65,6 +65,7 @@ __all__ = [
     "SsmPort",
     "check_drift",
     "detect_drift",
+    "drift_of_host",
     "expected_files",
     "push_hosts",
     "revert_hosts",
@@ -523,7 +524,8 @@ def expected_files(results: Iterable[HostPushResult]) -> dict[str, dict[str, str
     return {r.instance_id: dict(r.files) for r in results if r.state == "Configured" and r.files}
 
 
-def _drift_one(ssm: SsmPort, host: str, expected: Mapping[str, str]) -> DriftReport:
+def drift_of_host(ssm: SsmPort, host: str, expected: Mapping[str, str]) -> DriftReport:
+    """One hash command to one host (the batched check in :mod:`host_drift` falls back to it)."""
     paths = list(expected)
     try:
         result = ssm.run_script(
@@ -564,7 +566,7 @@ def detect_drift(
         ping = pings.get(host, "NotRegistered")
         if ping != "Online":
             return DriftReport(host, True, f"SSM agent PingStatus is {ping}")
-        return _drift_one(ssm, host, expected[host])
+        return drift_of_host(ssm, host, expected[host])
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_concurrency, len(todo) or 1))) as pool:
         for report in pool.map(one, todo):

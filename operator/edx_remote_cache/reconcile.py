@@ -54,7 +54,8 @@ from edx_remote_cache.conditions import (
     health_status,
     status_changed,
 )
-from edx_remote_cache.host_push import HostPushResult, detect_drift, expected_files, push_hosts, revert_hosts
+from edx_remote_cache.host_drift import HostDriftChecker
+from edx_remote_cache.host_push import HostPushResult, expected_files, push_hosts, revert_hosts
 from edx_remote_cache.kube_status import StatusWriter
 from edx_remote_cache.metrics import Metrics
 from edx_remote_cache.probe import ProbeResult, probe_all
@@ -104,6 +105,7 @@ class Adapters:
     edx_hosts: Callable[[str, float], EdxHostDirectory]
     lookups: Callable[[str], CloudLookups]
     ssm: Callable[[str], SsmAdapter]
+    host_drift: Callable[[str, float], HostDriftChecker]
     status: StatusWriter
     resolver: AddressResolver
     events: EventSink
@@ -123,7 +125,6 @@ class ResourceState:
     stalled_generation: int | None = None
     consecutive_failures: int = 0
     last_probe: list[ProbeResult] = dataclasses.field(default_factory=list)
-    last_drift_check: float = 0.0
     healing: str | None = None
     restarted_at: dict[str, float] = dataclasses.field(default_factory=dict)
     replace: set[str] = dataclasses.field(default_factory=set)
@@ -284,6 +285,24 @@ class Reconciler:
             self._emit_transitions(obj, old, new)
 
     # ------------------------------------------------------------------------------------------ reconcile
+
+    def drift_due(self, obj: Mapping[str, Any], last_pass: float) -> bool:
+        """Whether the resource's drift pass (``last_pass``: time.monotonic() of its previous one) is due.
+
+        Passes follow the region's shared snapshot rather than each resource's own timer: due when the snapshot
+        is a drift interval old (this pass refreshes it) or newer than the resource's last pass (another pass
+        refreshed it). A change is then acted on within one interval of happening; with a private timer, a
+        resource whose pass came just before the refresh would wait a second interval.
+        """
+        spec = self.state(obj).spec
+        if spec is None:
+            return False
+        interval = float(spec.drift_interval_seconds)
+        now = time.monotonic()
+        fetched = self.a.observer(spec.region, interval).fetched_at
+        if fetched is None:
+            return now - last_pass >= interval
+        return now - fetched >= interval or fetched > last_pass
 
     async def reconcile(self, obj: Mapping[str, Any], *, trigger: str = "spec") -> None:
         """Converge one resource. Raises RequeueError when it should run again soon."""
@@ -508,14 +527,12 @@ class Reconciler:
         # Configured hosts whose files name other endpoints than the current ones (a scale-up, a replacement)
         retargeted = [h for h in configured if state.host_targets.get(h, tuple(pushed)) != tuple(targets)]
         settled = [h for h in configured if h not in retargeted]
+        checker = self.a.host_drift(spec.region, float(spec.drift_interval_seconds))
+        checker.expect(expected_files(previous[h] for h in settled))
         drifted: list[str] = []
         if trigger == "drift" and settled:
-            reports = await asyncio.to_thread(
-                detect_drift,
-                ssm=self.a.ssm(spec.region),
-                hosts=settled,
-                expected=expected_files(previous[h] for h in settled),
-            )
+            # one batched check of every pushed file in the region per drift interval, shared by all resources
+            reports = await asyncio.to_thread(checker.check, expected_files(previous[h] for h in settled))
             drifted = [h for h, r in reports.items() if r.drifted]
             for host in drifted:
                 report = reports[host]
@@ -571,6 +588,7 @@ class Reconciler:
                 state.host_attempts.pop(r.instance_id, None)
             fresh[r.instance_id] = r
         merged = [fresh.get(h) or previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
+        checker.expect(expected_files(fresh.values()))  # checked from the next batched check on
         if all(r.state == "Configured" for r in merged):
             state.status["pushedEndpoints"] = list(targets)
         return merged

@@ -178,6 +178,51 @@ class SsmAdapter:
         )
         return str(response["Command"]["CommandId"])
 
+    def send_many(
+        self, instance_ids: Sequence[str], script: str, *, timeout: float, comment: str = "edx-remote-cache"
+    ) -> str:
+        """One SendCommand to up to 50 instances (they all run ``script``); returns the command id."""
+        if not 1 <= len(instance_ids) <= MAX_IDS_PER_CALL:
+            raise ValueError(
+                f"SendCommand takes 1 to {MAX_IDS_PER_CALL} instance ids, not {len(instance_ids)}"
+            )
+        response = self._call(
+            "send_command",
+            InstanceIds=list(instance_ids),
+            DocumentName=DOCUMENT,
+            Comment=comment[:100],
+            TimeoutSeconds=self.delivery_timeout,
+            Parameters={"commands": [script], "executionTimeout": [str(max(1, int(timeout)))]},
+        )
+        return str(response["Command"]["CommandId"])
+
+    def invocations(self, command_id: str) -> list[Mapping[str, Any]]:
+        """Every invocation of a command with its short output (ListCommandInvocations, Details=True, paged)."""
+        out: list[Mapping[str, Any]] = []
+        token: str | None = None
+        while True:
+            params: dict[str, Any] = {
+                "CommandId": command_id,
+                "Details": True,
+                "MaxResults": MAX_IDS_PER_CALL,
+            }
+            if token:
+                params["NextToken"] = token
+            page = self._call("list_command_invocations", **params)
+            out.extend(page.get("CommandInvocations", []))
+            token = page.get("NextToken")
+            if not token:
+                return out
+
+    def cancel(self, command_id: str) -> None:
+        """Best effort: stop a command we no longer wait for."""
+        with contextlib.suppress(SsmError):
+            self._call("cancel_command", CommandId=command_id)
+
+    def sleep(self, seconds: float) -> None:
+        """The adapter's (injectable) sleep, jittered ±20 %."""
+        self._sleep(seconds * self._jitter(0.8, 1.2))
+
     def wait(
         self, command_id: str, instance_id: str, *, timeout: float, started: float | None = None
     ) -> CommandResult:

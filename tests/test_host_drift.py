@@ -283,3 +283,26 @@ def test_an_agent_that_goes_offline_after_answering_is_reported_without_the_whol
     assert checker.check(expected)[h2].drifted
     (command,) = sb.calls.calls("SendCommand", since=since)
     assert command.params["InstanceIds"] == [h1]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_a_slow_region_learns_when_to_look_and_reads_its_answers_in_one_call() -> None:
+    with Sandbox(with_kube=False, ssm_invocation_delay=1.6) as slow:
+        h1, h2 = slow.edx_hosts
+        ssm = SsmAdapter(slow.client("ssm"))
+        pushed = push_hosts(
+            ssm=ssm, hosts=[h1, h2], openedx=OpenedxSpec(hosts=[h1, h2]), endpoints=[ENDPOINT]
+        )
+        clock = Clock()
+        checker = HostDriftChecker(ssm, ttl_seconds=60, clock=clock)
+        looks = []
+        for _ in range(3):
+            since = slow.calls.now()
+            assert not any(r.drifted for r in checker.check(expected_files(pushed)).values())
+            looks.append(calls(slow, since).count("ListCommandInvocations"))
+            clock.now += 60
+        assert looks[0] > 1, (
+            "the first check had to poll (answers appear after 1.6 s, the first look is at 1 s)"
+        )
+        assert looks[1:] == [1, 1], looks

@@ -71,6 +71,7 @@ class HostDriftChecker:
         self._seen: dict[str, _Seen] = {}
         self._checked_at: float | None = None
         self._answered: set[str] = set()  # hosts whose agent answered the last check: no ping needed
+        self._last_took = 0.0  # seconds until every answer of the last check was in
 
     @property
     def checked_at(self) -> float | None:
@@ -172,8 +173,12 @@ class HostDriftChecker:
         unlisted: list[str] = []
         started = self._wait_clock()
         pinged = False
-        delay = FIRST_POLL
+        # wait about as long as the last check took before the first look, so a steady region reads its answers
+        # with one ListCommandInvocations page instead of polling while the agents are still hashing
+        delay = min(MAX_POLL, max(FIRST_POLL, 1.1 * self._last_took))
+        polls = 0
         while waiting:
+            polls += 1
             self._ssm.sleep(delay)
             delay = min(MAX_POLL, delay * POLL_BACKOFF)
             late = self._wait_clock() - started >= self._wait
@@ -197,6 +202,9 @@ class HostDriftChecker:
                         unlisted.append(host)
                 if not hosts:
                     del waiting[command_id]
+                    # answered at the first look: it may have taken less, so creep down; else learn the time
+                    took = self._wait_clock() - started
+                    self._last_took = 0.9 * took if polls == 1 else took
                 elif late:
                     self._ssm.cancel(command_id)
                     del waiting[command_id]

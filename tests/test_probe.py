@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +21,14 @@ from typing import Any
 import pytest
 from pymemcache.client.base import Client
 
+from edx_remote_cache import probe as probe_module
 from edx_remote_cache.probe import (
     CANARY_PREFIX,
     ERROR_KINDS,
+    POOL_MAX_PER_ADDRESS,
     MemcacheClientLike,
     ProbeResult,
+    close_pooled_connections,
     default_client_factory,
     probe_all,
     probe_endpoint,
@@ -50,6 +54,7 @@ def free_port() -> int:
 class Memcached:
     port: int
     proc: subprocess.Popen[bytes]
+    cmd: list[str] = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -60,6 +65,17 @@ class Memcached:
 
     def resume(self) -> None:
         os.kill(self.proc.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL, as the sandbox's fault does: the port refuses connections from now on."""
+        self.proc.kill()
+        self.proc.wait(timeout=5)
+
+    def restart(self) -> None:
+        """Kill and start again on the same port (what a heal by ``systemctl restart memcached`` does)."""
+        self.kill()
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_accepting(self.port, self.proc)
 
     def app_client(self) -> Client:
         """What the LMS would use: a plain pymemcache client."""
@@ -90,7 +106,7 @@ def memcached() -> Iterator[Callable[..., Memcached]]:
             if os.geteuid() == 0:
                 cmd += ["-u", "root"]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            server = Memcached(port, proc)
+            server = Memcached(port, proc, cmd)
             started.append(server)
             try:
                 _wait_accepting(port, proc)
@@ -115,6 +131,7 @@ class FakeServer:
     listen: bool = True
     sock: socket.socket = field(default_factory=lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
     stopped: threading.Event = field(default_factory=threading.Event)
+    accepted: int = 0  # connections accepted so far
 
     def __post_init__(self) -> None:
         self.sock.bind(("127.0.0.1", 0))
@@ -133,6 +150,7 @@ class FakeServer:
                 conn, _ = self.sock.accept()
             except (TimeoutError, OSError):
                 continue
+            self.accepted += 1
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn: socket.socket) -> None:
@@ -225,10 +243,53 @@ def timed(fn: Callable[[], ProbeResult]) -> tuple[ProbeResult, float]:
     return result, time.monotonic() - t0
 
 
+@pytest.fixture(autouse=True)
+def no_pooled_connections() -> Iterator[None]:
+    """Every test starts without pooled probe connections and leaves none behind (its servers die with it)."""
+    close_pooled_connections()
+    yield
+    close_pooled_connections()
+
+
+Probe = Callable[..., ProbeResult]
+
+
+def _probe_by(way: str) -> Probe:
+    def run(endpoint: str, *, timeout: float, resolver: Any = LOCAL) -> ProbeResult:
+        if way == "pooled":
+            return probe_endpoint(endpoint, resolver=resolver, timeout=timeout)
+        if way == "async":
+            return asyncio.run(probe_all([endpoint], resolver=resolver, timeout=timeout))[0]
+        return probe_endpoint(
+            endpoint, resolver=resolver, timeout=timeout, client_factory=default_client_factory
+        )
+
+    return run
+
+
+@pytest.fixture(params=["pooled", "async", "client"])
+def probe(request: pytest.FixtureRequest) -> Probe:
+    """One probe, each way the module makes one: ``probe_endpoint`` (blocking, pooled connection),
+    ``probe_all`` (the operator's way: on the event loop, same pool) and ``probe_endpoint`` with a plain
+    pymemcache client per probe (``client_factory``). They must see the same things."""
+    return _probe_by(request.param)
+
+
+@pytest.fixture(params=["pooled", "async"])
+def pooled_probe(request: pytest.FixtureRequest) -> Probe:
+    """The two ways that keep a connection between probes."""
+    return _probe_by(request.param)
+
+
+def total_connections(app: Client) -> int:
+    """memcached's count of connections ever accepted (``app`` is one already counted)."""
+    return int(app.stats()[b"total_connections"])
+
+
 # --------------------------------------------------------------------------------------------- tests
 
 
-def test_healthy_cache_reports_real_figures(memcached: Callable[..., Memcached]) -> None:
+def test_healthy_cache_reports_real_figures(memcached: Callable[..., Memcached], probe: Probe) -> None:
     server = memcached("-c", "100")
     app = server.app_client()
     for i in range(3):
@@ -239,7 +300,7 @@ def test_healthy_cache_reports_real_figures(memcached: Callable[..., Memcached])
     assert app.get("course:gone") is None
     app.close()
 
-    result = probe_endpoint(server.endpoint, resolver=LOCAL, timeout=1.0)
+    result = probe(server.endpoint, timeout=1.0)
 
     expected_version = subprocess.run([MEMCACHED, "-V"], capture_output=True, text=True).stdout.split()[-1]
     assert result.healthy and result.reachable and result.canary_ok
@@ -286,10 +347,10 @@ def test_canary_cleans_up_and_never_touches_application_keys(memcached: Callable
     app.close()
 
 
-def test_refused_port_fails_fast(fake_server: Callable[..., FakeServer]) -> None:
+def test_refused_port_fails_fast(probe: Probe) -> None:
     endpoint = f"127.0.0.1:{free_port()}"  # nothing listens there
 
-    result, elapsed = timed(lambda: probe_endpoint(endpoint, resolver=LOCAL, timeout=2.0))
+    result, elapsed = timed(lambda: probe(endpoint, timeout=2.0))
 
     assert elapsed < 0.5
     assert not result.reachable and not result.healthy
@@ -298,11 +359,11 @@ def test_refused_port_fails_fast(fake_server: Callable[..., FakeServer]) -> None
     assert result.version is None and result.hit_ratio is None
 
 
-def test_hung_server_costs_one_timeout(memcached: Callable[..., Memcached]) -> None:
+def test_hung_server_costs_one_timeout(memcached: Callable[..., Memcached], probe: Probe) -> None:
     server = memcached()
     server.hang()  # SIGSTOP: the kernel still accepts the TCP connection, nobody answers
 
-    result, elapsed = timed(lambda: probe_endpoint(server.endpoint, resolver=LOCAL, timeout=0.5))
+    result, elapsed = timed(lambda: probe(server.endpoint, timeout=0.5))
 
     assert result.error_kind == "timeout"
     assert result.error == "no answer within 0.5s"
@@ -311,21 +372,23 @@ def test_hung_server_costs_one_timeout(memcached: Callable[..., Memcached]) -> N
 
 
 def test_slow_server_is_cut_off_at_one_timeout_not_one_per_command(
-    fake_server: Callable[..., FakeServer],
+    fake_server: Callable[..., FakeServer], probe: Probe
 ) -> None:
     # every answer takes 0.3 s: each command alone is within the 0.5 s timeout, the probe as a whole is not
     server = fake_server(fake_memcached(delay=0.3))
 
-    result, elapsed = timed(lambda: probe_endpoint(server.endpoint, resolver=LOCAL, timeout=0.5))
+    result, elapsed = timed(lambda: probe(server.endpoint, timeout=0.5))
 
     assert result.error_kind == "timeout"
     assert elapsed < 0.75
 
 
-def test_something_that_is_not_memcached_is_a_protocol_error(fake_server: Callable[..., FakeServer]) -> None:
+def test_something_that_is_not_memcached_is_a_protocol_error(
+    fake_server: Callable[..., FakeServer], probe: Probe
+) -> None:
     server = fake_server(lambda conn: conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n"))
 
-    result = probe_endpoint(server.endpoint, resolver=LOCAL, timeout=1.0)
+    result = probe(server.endpoint, timeout=1.0)
 
     assert not result.reachable
     assert result.error_kind == "protocol"
@@ -333,20 +396,22 @@ def test_something_that_is_not_memcached_is_a_protocol_error(fake_server: Callab
 
 
 def test_server_that_closes_the_connection_is_a_protocol_error(
-    fake_server: Callable[..., FakeServer],
+    fake_server: Callable[..., FakeServer], probe: Probe
 ) -> None:
     server = fake_server(lambda conn: None)  # accept, then close without a word
 
-    result = probe_endpoint(server.endpoint, resolver=LOCAL, timeout=1.0)
+    result = probe(server.endpoint, timeout=1.0)
 
     assert not result.reachable
     assert result.error_kind == "protocol"
 
 
-def test_cache_that_cannot_store_is_reachable_but_not_healthy(fake_server: Callable[..., FakeServer]) -> None:
+def test_cache_that_cannot_store_is_reachable_but_not_healthy(
+    fake_server: Callable[..., FakeServer], probe: Probe
+) -> None:
     server = fake_server(fake_memcached(set_reply=b"SERVER_ERROR out of memory storing object"))
 
-    result = probe_endpoint(server.endpoint, resolver=LOCAL, timeout=1.0)
+    result = probe(server.endpoint, timeout=1.0)
 
     assert result.reachable and not result.canary_ok and not result.healthy
     assert result.error_kind == "protocol"
@@ -414,9 +479,14 @@ async def test_probe_all_never_blocks_the_event_loop(fake_server: Callable[..., 
     assert ticks >= 15  # the operator's other handlers kept running while the probe waited
 
 
-async def test_cancelling_a_probe_round_returns_at_once(fake_server: Callable[..., FakeServer]) -> None:
+@pytest.mark.parametrize("client_factory", [None, default_client_factory], ids=["on-the-loop", "threads"])
+async def test_cancelling_a_probe_round_returns_at_once(
+    fake_server: Callable[..., FakeServer], client_factory: Any
+) -> None:
     hung = [fake_server(listen=False) for _ in range(3)]
-    task = asyncio.create_task(probe_all([h.endpoint for h in hung], resolver=LOCAL, timeout=1.0))
+    task = asyncio.create_task(
+        probe_all([h.endpoint for h in hung], resolver=LOCAL, timeout=1.0, client_factory=client_factory)
+    )
     await asyncio.sleep(0.1)
 
     t0 = time.monotonic()
@@ -427,11 +497,20 @@ async def test_cancelling_a_probe_round_returns_at_once(fake_server: Callable[..
     assert time.monotonic() - t0 < 0.2  # operator shutdown is not held up by hung caches
 
 
-def test_max_concurrency_bounds_the_parallel_probes(fake_server: Callable[..., FakeServer]) -> None:
+@pytest.mark.parametrize("client_factory", [None, default_client_factory], ids=["on-the-loop", "threads"])
+def test_max_concurrency_bounds_the_parallel_probes(
+    fake_server: Callable[..., FakeServer], client_factory: Any
+) -> None:
     hung = [fake_server(listen=False) for _ in range(4)]
 
     t0 = time.monotonic()
-    results = probe_many([h.endpoint for h in hung], resolver=LOCAL, timeout=0.3, max_concurrency=2)
+    results = probe_many(
+        [h.endpoint for h in hung],
+        resolver=LOCAL,
+        timeout=0.3,
+        max_concurrency=2,
+        client_factory=client_factory,
+    )
     elapsed = time.monotonic() - t0
 
     assert [r.error_kind for r in results] == ["timeout"] * 4
@@ -452,3 +531,242 @@ def test_results_serialise_to_json() -> None:
     result = probe_endpoint("not a:port", resolver=LOCAL, timeout=0.5)
     data = json.loads(json.dumps(result.to_dict()))
     assert data["error_kind"] in ERROR_KINDS and data["healthy"] is False and data["hit_ratio"] is None
+
+
+# ------------------------------------------------------------------------ one connection between probes
+
+
+_dialed: list[Any] | None = None  # socket.connect addresses, recorded while a test sets it to a list
+
+
+def _record_connects(event: str, args: tuple[Any, ...]) -> None:
+    if event == "socket.connect" and _dialed is not None:
+        _dialed.append(args[1])
+
+
+sys.addaudithook(_record_connects)  # cannot be removed; records nothing unless a test asks
+
+
+@pytest.fixture
+def dialed() -> Iterator[list[Any]]:
+    """Every address this process connects a socket to during the test."""
+    global _dialed
+    _dialed = []
+    try:
+        yield _dialed
+    finally:
+        _dialed = None
+
+
+def test_consecutive_probes_reuse_one_connection(
+    memcached: Callable[..., Memcached], pooled_probe: Probe
+) -> None:
+    server = memcached()
+    app = server.app_client()
+    before = total_connections(app)
+
+    results = [pooled_probe(server.endpoint, timeout=1.0) for _ in range(5)]
+
+    assert all(r.healthy for r in results)
+    assert total_connections(app) - before == 1  # one connect for five probes
+    assert all(r.latency_ms is not None and r.latency_ms < 1000 for r in results)
+    app.close()
+
+
+def test_blocking_and_event_loop_probes_share_the_pool(memcached: Callable[..., Memcached]) -> None:
+    server = memcached()
+    app = server.app_client()
+    before = total_connections(app)
+
+    first = probe_endpoint(server.endpoint, resolver=LOCAL, timeout=1.0)
+    (second,) = probe_many([server.endpoint], resolver=LOCAL, timeout=1.0)
+    third = probe_endpoint(server.endpoint, resolver=LOCAL, timeout=1.0)
+
+    assert first.healthy and second.healthy and third.healthy
+    assert total_connections(app) - before == 1
+    app.close()
+
+
+def test_canary_on_a_pooled_connection_touches_only_its_own_keys(
+    memcached: Callable[..., Memcached], pooled_probe: Probe
+) -> None:
+    server = memcached()
+    app = server.app_client()
+    app_keys = {"edx.course_structure:v1:abc": b"structure", "django.session:xyz": b"session"}
+    for key, value in app_keys.items():
+        app.set(key, value)
+    before = app.stats()
+
+    assert pooled_probe(server.endpoint, timeout=1.0).canary_ok
+    assert pooled_probe(server.endpoint, timeout=1.0).canary_ok
+
+    after = app.stats()
+    delta = {
+        k: int(after[k]) - int(before[k]) for k in (b"cmd_set", b"get_hits", b"get_misses", b"delete_hits")
+    }
+    assert delta == {b"cmd_set": 2, b"get_hits": 2, b"get_misses": 0, b"delete_hits": 2}
+    assert int(after[b"curr_items"]) == len(app_keys)  # both canaries removed, not left to expire
+    for key, value in app_keys.items():
+        assert app.get(key) == value
+    app.close()
+
+
+def test_pooled_probe_never_dials_an_unmapped_address(
+    memcached: Callable[..., Memcached], tmp_path: Path, pooled_probe: Probe, dialed: list[Any]
+) -> None:
+    server = memcached()
+    address_map = tmp_path / "addresses.json"
+    address_map.write_text(json.dumps({"10.0.1.5:11211": server.endpoint}))
+    resolver = MapFileResolver(address_map)
+    dialed.clear()  # starting memcached dialed it to see it up
+
+    unmapped = pooled_probe("10.0.9.9:11211", resolver=resolver, timeout=1.0)
+    mapped = pooled_probe("10.0.1.5:11211", resolver=resolver, timeout=1.0)
+
+    assert unmapped.error_kind == "unmapped" and unmapped.address is None
+    assert mapped.healthy and mapped.address == server.endpoint
+    assert [tuple(a[:2]) for a in dialed] == [("127.0.0.1", server.port)]
+
+
+def test_killed_memcached_behind_a_pooled_connection_is_refused(
+    memcached: Callable[..., Memcached], pooled_probe: Probe
+) -> None:
+    server = memcached()
+    assert pooled_probe(server.endpoint, timeout=2.0).healthy
+    server.kill()
+
+    result, elapsed = timed(lambda: pooled_probe(server.endpoint, timeout=2.0))
+
+    # the pooled connection is dead (EOF/reset): retried on a fresh one, which is refused, as a fresh probe
+    assert result.error_kind == "refused", result
+    assert result.error is not None and "refused" in result.error.lower()
+    assert not result.reachable and result.version is None
+    assert elapsed < 0.5
+
+
+def test_restarted_memcached_is_healthy_on_the_next_probe(
+    memcached: Callable[..., Memcached], pooled_probe: Probe
+) -> None:
+    server = memcached()
+    first = pooled_probe(server.endpoint, timeout=1.0)
+    assert first.healthy
+    server.restart()  # same port, new process: the pooled connection is gone with the old one
+    app = server.app_client()
+    before = total_connections(app)
+
+    result = pooled_probe(server.endpoint, timeout=1.0)
+
+    assert result.healthy, result
+    assert result.uptime_seconds is not None and result.uptime_seconds <= 2
+    assert total_connections(app) - before == 1  # a fresh connection to the new process
+    app.close()
+
+
+def test_hung_memcached_behind_a_pooled_connection_costs_one_timeout(
+    memcached: Callable[..., Memcached], pooled_probe: Probe
+) -> None:
+    server = memcached()
+    assert pooled_probe(server.endpoint, timeout=0.5).healthy
+    server.hang()
+
+    result, elapsed = timed(lambda: pooled_probe(server.endpoint, timeout=0.5))
+
+    assert result.error_kind == "timeout" and result.error == "no answer within 0.5s"
+    assert 0.45 <= elapsed < 0.9  # not retried: one timeout, not two
+    server.resume()
+    assert pooled_probe(server.endpoint, timeout=1.0).healthy  # the timed-out connection was not reused
+
+
+def test_a_connection_that_failed_is_never_reused(
+    fake_server: Callable[..., FakeServer], pooled_probe: Probe
+) -> None:
+    good = fake_server(fake_memcached())
+    erroring = fake_server(fake_memcached(set_reply=b"SERVER_ERROR out of memory storing object"))
+    full = fake_server(fake_memcached(set_reply=b"NOT_STORED"))  # the canary fails, the answers go on
+
+    assert [pooled_probe(good.endpoint, timeout=1.0).healthy for _ in range(3)] == [True] * 3
+    for server in (erroring, full):
+        results = [pooled_probe(server.endpoint, timeout=1.0) for _ in range(3)]
+        assert [(r.reachable, r.error_kind) for r in results] == [(True, "protocol")] * 3, results
+
+    assert good.accepted == 1
+    assert erroring.accepted == full.accepted == 3  # a connection whose probe failed is closed, never reused
+    assert results[-1].error == "CanaryFailed: set was not stored"
+
+
+def test_idle_connections_are_replaced(
+    memcached: Callable[..., Memcached], pooled_probe: Probe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(probe_module, "POOL_IDLE_SECONDS", 0.0)
+    server = memcached()
+    app = server.app_client()
+    before = total_connections(app)
+
+    assert all(pooled_probe(server.endpoint, timeout=1.0).healthy for _ in range(3))
+
+    assert total_connections(app) - before == 3
+    app.close()
+
+
+def test_concurrent_probes_of_one_address_keep_a_bounded_pool(memcached: Callable[..., Memcached]) -> None:
+    server = memcached()
+
+    results = probe_many([server.endpoint] * 12, resolver=LOCAL, timeout=1.0)
+
+    assert all(r.healthy for r in results)
+    assert 1 <= close_pooled_connections() <= POOL_MAX_PER_ADDRESS
+
+
+def test_close_pooled_connections_hangs_up(memcached: Callable[..., Memcached], pooled_probe: Probe) -> None:
+    server = memcached()
+    assert pooled_probe(server.endpoint, timeout=1.0).healthy
+    app = server.app_client()
+    assert int(app.stats()[b"curr_connections"]) == 2  # the probe's and ours
+
+    assert close_pooled_connections() == 1
+
+    deadline = time.monotonic() + 2
+    while int(app.stats()[b"curr_connections"]) != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert int(app.stats()[b"curr_connections"]) == 1
+    assert close_pooled_connections() == 0
+    app.close()
+
+
+def test_answers_are_read_whole_however_they_are_split(memcached: Callable[..., Memcached]) -> None:
+    """The five pipelined answers may arrive in any number of pieces: no prefix is mistaken for all of them."""
+    server = memcached()
+    key, value, request = probe_module._canary_request()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
+        sock.sendall(request)
+        answers = b""
+        while not answers.endswith(b"DELETED\r\n"):
+            answers += sock.recv(65536)
+
+    for cut in range(len(answers)):
+        assert probe_module._Attempt(key, value).feed(answers[:cut] or b"x") is False or cut == 0
+
+    whole = probe_module._Attempt(key, value)
+    assert whole.feed(answers) is True
+    assert whole.failure is None and whole.clean and whole.reachable
+    assert whole.fields["version"] == server.app_client().version().decode()
+    assert whole.fields["limit_maxbytes"] == 8 * 1024 * 1024 and whole.fields["evictions"] == 0
+    piecewise = probe_module._Attempt(key, value)
+    assert [piecewise.feed(answers[i : i + 7]) for i in range(0, len(answers), 7)][-1] is True
+    assert piecewise.fields | {"latency_ms": 0} == whole.fields | {"latency_ms": 0} and piecewise.clean
+
+
+async def test_a_probe_in_flight_when_the_pool_is_closed_does_not_pool_its_connection(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    server = fake_server(fake_memcached(delay=0.05))  # five answers: 0.25 s
+    task = asyncio.create_task(probe_all([server.endpoint], resolver=LOCAL, timeout=2.0))
+    await asyncio.sleep(0.1)
+
+    assert close_pooled_connections() == 0  # (shutting down) the probe holds its connection
+    (result,) = await task
+
+    assert result.healthy
+    assert close_pooled_connections() == 0  # it closed it instead of pooling it
+    assert (await probe_all([server.endpoint], resolver=LOCAL, timeout=2.0))[0].healthy
+    assert server.accepted == 2

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from edx_remote_cache.probe import close_pooled_connections
 from edx_remote_cache.probe_cli import add_parser, main
 from edx_remote_cache.resolver import ENV_ADDRESS_MAP
 
@@ -60,6 +61,13 @@ def memcached() -> Iterator[Callable[[], tuple[str, subprocess.Popen[bytes]]]]:
 def no_address_map(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests dial loopback only; a map from the developer's shell must not leak in."""
     monkeypatch.delenv(ENV_ADDRESS_MAP, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def no_pooled_connections() -> Iterator[None]:
+    """The probe keeps connections between probes; the servers die with each test, so must they."""
+    yield
+    close_pooled_connections()
 
 
 def test_healthy_endpoint_exits_zero_with_a_memcstat_like_summary(

@@ -22,6 +22,7 @@ from edx_remote_cache.aws import AwsClients, CloudLookups, EdxHostDirectory, Reg
 from edx_remote_cache.host_drift import HostDriftChecker
 from edx_remote_cache.kube_status import KubernetesStatusWriter
 from edx_remote_cache.metrics import Metrics, serve
+from edx_remote_cache.probe import close_pooled_connections
 from edx_remote_cache.reconcile import Adapters, Reconciler, RequeueError
 from edx_remote_cache.resolver import resolver_from_env
 from edx_remote_cache.ssm import SsmAdapter
@@ -131,6 +132,28 @@ def _snapshot(body: kopf.Body) -> dict[str, Any]:
     return copy.deepcopy(dict(body))
 
 
+_VIEW_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+
+
+def _daemon_view(body: kopf.Body, reconciler: Reconciler) -> dict[str, Any]:
+    """What one probe round needs of the object: identity, annotations (pause) and spec (healing reconciles).
+
+    A full deep copy every round was ~6 % of the operator's CPU at 500 resources. The status is only copied
+    the first time: afterwards the reconciler keeps its own (it writes it).
+    """
+    meta = body.get("metadata") or {}
+    view: dict[str, Any] = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in _VIEW_METADATA if k in meta}
+        | {"annotations": dict(meta.get("annotations") or {}), "labels": dict(meta.get("labels") or {})},
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+    }
+    if not reconciler.knows(view):
+        view["status"] = copy.deepcopy(dict(body.get("status") or {}))
+    return view
+
+
 @kopf.on.login(registry=registry)
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In-cluster service account first, else $KUBECONFIG / ~/.kube/config (the sandbox writes one)."""
@@ -163,6 +186,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         )
 
 
+@kopf.on.cleanup(registry=registry)
+async def cleanup(**_: Any) -> None:
+    """Close the probes' pooled memcached connections on the way out (a clean FIN rather than a reset)."""
+    close_pooled_connections()
+
+
 @kopf.on.resume(*RESOURCE, registry=registry)
 @kopf.on.create(*RESOURCE, registry=registry)
 @kopf.on.update(*RESOURCE, registry=registry)
@@ -187,7 +216,7 @@ async def watch(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, *
     reconciler: Reconciler = memo.reconciler
     last_drift = time.monotonic()
     while not stopped:
-        obj = _snapshot(body)
+        obj = _daemon_view(body, reconciler)
         if (obj.get("metadata") or {}).get("deletionTimestamp"):
             return
         state = reconciler.state(obj)

@@ -210,6 +210,10 @@ class Reconciler:
         self.a = adapters
         self.states: dict[str, ResourceState] = {}
 
+    def knows(self, obj: Mapping[str, Any]) -> bool:
+        """Whether this object's state is already held (rebuilt from its status on first sight)."""
+        return _meta(obj)[2] in self.states
+
     def state(self, obj: Mapping[str, Any]) -> ResourceState:
         _, _, uid, _ = _meta(obj)
         state = self.states.get(uid)

@@ -15,6 +15,7 @@ from edx_remote_cache.conditions import (
     CONDITION_TYPES,
     PHASES,
     Facts,
+    _strip,
     bucket_latency_ms,
     compute_conditions,
     compute_phase,
@@ -452,3 +453,20 @@ def test_latency_buckets_are_monotonic_and_never_understate(a: float, b: float) 
     low, high = sorted((a, b))
     assert bucket_latency_ms(low) <= bucket_latency_ms(high)
     assert bucket_latency_ms(low) >= low
+
+
+_KEYS = st.sampled_from(["health", "lastProbeTime", "uptimeSeconds", "hitRatio", "phase", "hosts", "x"])
+_LEAVES = st.one_of(st.none(), st.integers(-2, 2), st.sampled_from(["a", "b"]))
+_STATUS = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(old=st.dictionaries(_KEYS, _STATUS, max_size=4), new=st.dictionaries(_KEYS, _STATUS, max_size=4))
+def test_the_fast_comparison_agrees_with_stripping_both_statuses(old: dict, new: dict) -> None:
+    """status_changed compares without building stripped copies (it runs hundreds of times a minute)."""
+    assert status_changed(old, new) == (_strip(old) != _strip(new))
+    assert not status_changed(old, old)

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -306,3 +307,15 @@ def test_a_slow_region_learns_when_to_look_and_reads_its_answers_in_one_call() -
             "the first check had to poll (answers appear after 1.6 s, the first look is at 1 s)"
         )
         assert looks[1:] == [1, 1], looks
+
+        # expect() and reports() run on the operator's event loop: they must not wait for a running check
+        clock.now += 60
+        running = threading.Thread(target=checker.refresh)
+        running.start()
+        time.sleep(0.3)
+        assert running.is_alive(), "the check should still be waiting for the slow agents"
+        started = time.monotonic()
+        checker.expect(expected_files(pushed))
+        checker.reports(expected_files(pushed))
+        assert time.monotonic() - started < 0.05, "expect/reports waited for the running check"
+        running.join(timeout=30)

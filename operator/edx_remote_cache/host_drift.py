@@ -10,8 +10,9 @@ edX hosts that is 2 SSM calls per interval instead of ~2,000.
 
 A host is reported only for what was compared against the expectation its resource holds now: a host pushed
 since the last check is "not checked yet" (not drifted) until the next one, so a push never looks like drift.
-Thread-safe; a check holds the lock, so passes that arrive meanwhile wait for its answer instead of asking
-again.
+Thread-safe. :meth:`HostDriftChecker.expect` and :meth:`HostDriftChecker.reports` never wait (they run on the
+event loop); :meth:`HostDriftChecker.refresh` blocks for a whole check, so the operator runs it once per due
+check in one worker thread and lets every other drift pass await that one run (see ``Reconciler``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class HostDriftChecker:
         self._clock = clock
         self._wait = wait_seconds
         self._wait_clock = wait_clock  # for the waits within one check (``clock`` paces the checks)
-        self._lock = threading.Lock()
+        self._wanted_lock = threading.Lock()  # held for microseconds: expect() runs on the event loop
+        self._run_lock = threading.Lock()  # held for a whole check
         self._wanted: dict[str, dict[str, tuple[str, float]]] = {}  # host → path → (sha256, renewed at)
         self._seen: dict[str, _Seen] = {}
         self._checked_at: float | None = None
@@ -79,28 +81,46 @@ class HostDriftChecker:
         return self._checked_at
 
     def expect(self, expected: Mapping[str, Mapping[str, str]]) -> None:
-        """Host → path → sha256 that a resource pushed (renewed on each pass; cheap)."""
+        """Host → path → sha256 that a resource pushed (renewed on each pass; cheap, never waits for a check)."""
         now = self._clock()
-        with self._lock:
+        with self._wanted_lock:
             for host, files in expected.items():
                 mine = self._wanted.setdefault(host, {})
                 for path, sha in files.items():
                     mine[path] = (sha, now)
 
-    def check(self, expected: Mapping[str, Mapping[str, str]]) -> dict[str, DriftReport]:
-        """One report per host of ``expected``; runs the region's batched check when it is due."""
-        self.expect(expected)
-        with self._lock:
+    def due(self) -> bool:
+        """Whether the next :meth:`refresh` would check (the last check is a drift interval old, or none yet)."""
+        checked = self._checked_at
+        return checked is None or self._clock() - checked >= self._ttl
+
+    def refresh(self) -> None:
+        """Run the region's batched check if it is due (blocking; concurrent callers wait for one check)."""
+        with self._run_lock:
+            if not self.due():
+                return  # another caller just ran it
             now = self._clock()
-            if self._checked_at is None or now - self._checked_at >= self._ttl:
-                self._checked_at = now
-                self._seen = self._check_all(now)
-            seen = dict(self._seen)
+            self._checked_at = now
+            self._seen = self._check_all(now)
+
+    def reports(self, expected: Mapping[str, Mapping[str, str]]) -> dict[str, DriftReport]:
+        """One report per host of ``expected`` from the last check (never blocks)."""
+        seen = self._seen
         return {host: _report(host, files, seen.get(host)) for host, files in expected.items()}
+
+    def check(self, expected: Mapping[str, Mapping[str, str]]) -> dict[str, DriftReport]:
+        """:meth:`expect`, :meth:`refresh` when due, then :meth:`reports` (for callers that may block)."""
+        self.expect(expected)
+        self.refresh()
+        return self.reports(expected)
 
     # ------------------------------------------------------------------------------------------- internals
 
     def _current_wants(self, now: float) -> dict[str, dict[str, str]]:
+        with self._wanted_lock:
+            return self._prune_wants(now)
+
+    def _prune_wants(self, now: float) -> dict[str, dict[str, str]]:
         horizon = now - FORGET_AFTER_INTERVALS * self._ttl
         wants: dict[str, dict[str, str]] = {}
         for host, files in list(self._wanted.items()):

@@ -209,6 +209,7 @@ class Reconciler:
     def __init__(self, adapters: Adapters) -> None:
         self.a = adapters
         self.states: dict[str, ResourceState] = {}
+        self._host_checks: dict[int, asyncio.Future[None]] = {}  # the running region check, per checker
 
     def knows(self, obj: Mapping[str, Any]) -> bool:
         """Whether this object's state is already held (rebuilt from its status on first sight)."""
@@ -536,7 +537,8 @@ class Reconciler:
         drifted: list[str] = []
         if trigger == "drift" and settled:
             # one batched check of every pushed file in the region per drift interval, shared by all resources
-            reports = await asyncio.to_thread(checker.check, expected_files(previous[h] for h in settled))
+            await self._refresh_host_drift(checker)
+            reports = checker.reports(expected_files(previous[h] for h in settled))
             drifted = [h for h, r in reports.items() if r.drifted]
             for host in drifted:
                 report = reports[host]
@@ -596,6 +598,21 @@ class Reconciler:
         if all(r.state == "Configured" for r in merged):
             state.status["pushedEndpoints"] = list(targets)
         return merged
+
+    async def _refresh_host_drift(self, checker: HostDriftChecker) -> None:
+        """Run a due region check once, in one worker thread; every other drift pass awaits that same run.
+
+        Blocking each pass's own worker thread on the check instead held up to the whole executor (32 threads)
+        for as long as the hosts took to answer, and with it every push and observe of the region.
+        """
+        if not checker.due():
+            return
+        running = self._host_checks.get(id(checker))
+        if running is None or running.done():
+            running = self._host_checks[id(checker)] = asyncio.ensure_future(
+                asyncio.to_thread(checker.refresh)
+            )
+        await asyncio.shield(running)
 
     def _host_due(
         self,

@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "--scale", type=int, default=500, help="resources in the scale scenario (default 500)"
     )
     parser.add_argument("--drift", type=int, default=60, help="drift interval of the scale resources, s (60)")
-    parser.add_argument("--windows", type=int, default=3, help="drift-interval windows measured at scale (3)")
+    parser.add_argument("--windows", type=int, default=2, help="drift-interval windows measured at scale (2)")
     parser.add_argument("--warmup", type=float, default=30.0, help="wait after convergence at scale, s (30)")
     parser.add_argument(
         "--converge-timeout", type=float, default=240.0, help="max wait for all Ready at scale"

@@ -211,6 +211,9 @@ class AwsFrontend:
         self.account_id = account_id
         self.before: dict[tuple[str, str], list[BeforeHook]] = {}
         self.after: dict[tuple[str, str], list[AfterHook]] = {}
+        # moto's backends are not thread-safe (500 concurrent launches once hit "dictionary changed size during
+        # iteration" in CreateSecurityGroup): AWS never answers that, so calls into moto take turns
+        self._moto_lock = threading.Lock()
 
     def on_before(self, service: str, operation: str, hook: BeforeHook) -> None:
         self.before.setdefault((service, operation), []).append(hook)
@@ -257,7 +260,8 @@ class AwsFrontend:
                 if response is not None:
                     break
             if response is None:
-                response = self._call_moto(environ)
+                with self._moto_lock:
+                    response = self._call_moto(environ)
                 if response[0] < 400:
                     for after in self.after.get(key, []):
                         rewritten = after(request, response[0], response[2])

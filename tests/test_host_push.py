@@ -20,7 +20,8 @@ from botocore.stub import Stubber
 from pydantic import ValidationError
 
 import edx_remote_cache
-from edx_remote_cache.host_push import check_drift, detect_drift, expected_files, push_hosts, revert_hosts
+from edx_remote_cache.host_drift import HostDriftChecker
+from edx_remote_cache.host_push import expected_files, push_hosts, revert_hosts
 from edx_remote_cache.push_plan import (
     BACKUP_SUFFIX,
     KEEP_BACKUPS,
@@ -658,24 +659,29 @@ def test_drift_check_sees_localhost_put_back_and_a_push_repairs_it(sb: Sandbox) 
     openedx = OpenedxSpec(hosts=[h1, h2])
     results = push_hosts(ssm=ssm, hosts=[h1, h2], openedx=openedx, endpoints=[ENDPOINT])
     expected = expected_files(results)
+    clock = [0.0]
+    checker = HostDriftChecker(ssm, ttl_seconds=60, clock=lambda: clock[0])
+
+    def check(expected: dict[str, dict[str, str]]) -> dict[str, Any]:
+        clock[0] += 60  # a new drift interval: the region is checked again
+        return checker.check(expected)
+
     since = sb.calls.now()
-    assert check_drift(ssm=ssm, hosts=[h1, h2], expected=expected) == {h1: False, h2: False}
+    assert {h: r.drifted for h, r in check(expected).items()} == {h1: False, h2: False}
     assert sent_to(sb, h1, since) == ["edx-remote-cache drift"]
 
     lms = on_host(sb, h1, "/edx/etc/lms.yml")  # an ansible run puts localhost back
     lms.write_text(lms.read_text().replace(ENDPOINT, "localhost:11211"))
-    report = detect_drift(ssm=ssm, hosts=[h1, h2], expected=expected)
+    report = check(expected)
     assert report[h1].drifted and "/edx/etc/lms.yml" in report[h1].reason and not report[h2].drifted
 
     (repaired,) = push_hosts(ssm=ssm, hosts=[h1], openedx=openedx, endpoints=[ENDPOINT])
     assert repaired.state == "Configured" and [p for p, _ in repaired.diffs] == ["/edx/etc/lms.yml"]
-    assert check_drift(ssm=ssm, hosts=[h1, h2], expected=expected_files([repaired, results[1]])) == {
-        h1: False,
-        h2: False,
-    }
+    report = check(expected_files([repaired, results[1]]))
+    assert {h: r.drifted for h, r in report.items()} == {h1: False, h2: False}
     assert sb.faults is not None
     sb.faults.agent_offline(h2)
-    assert check_drift(ssm=ssm, hosts=[h2], expected=expected) == {h2: True}  # cannot confirm: push again
+    assert check({h2: expected[h2]})[h2].drifted  # cannot confirm: push again
 
 
 @pytest.mark.e2e

@@ -75,11 +75,6 @@ class HostDriftChecker:
         self._answered: set[str] = set()  # hosts whose agent answered the last check: no ping needed
         self._last_took = 0.0  # seconds until every answer of the last check was in
 
-    @property
-    def checked_at(self) -> float | None:
-        """When the last batched check started (the checker's clock)."""
-        return self._checked_at
-
     def expect(self, expected: Mapping[str, Mapping[str, str]]) -> None:
         """Host → path → sha256 that a resource pushed (renewed on each pass; cheap, never waits for a check)."""
         now = self._clock()

@@ -63,8 +63,6 @@ __all__ = [
     "DriftReport",
     "HostPushResult",
     "SsmPort",
-    "check_drift",
-    "detect_drift",
     "drift_of_host",
     "expected_files",
     "push_hosts",
@@ -520,7 +518,7 @@ class DriftReport:
 
 
 def expected_files(results: Iterable[HostPushResult]) -> dict[str, dict[str, str]]:
-    """``expected`` for :func:`check_drift` from push results (only Configured hosts have a known state)."""
+    """``expected`` for the drift check (:mod:`edx_remote_cache.host_drift`) from push results (only Configured hosts have a known state)."""
     return {r.instance_id: dict(r.files) for r in results if r.state == "Configured" and r.files}
 
 
@@ -544,38 +542,3 @@ def drift_of_host(ssm: SsmPort, host: str, expected: Mapping[str, str]) -> Drift
     changed = [p for p in paths if current[p] != expected[p]]
     reason = ("changed on the host: " + ", ".join(changed)) if changed else ""
     return DriftReport(host, bool(changed), reason, tuple(current.items()))
-
-
-def detect_drift(
-    *,
-    ssm: SsmPort,
-    hosts: Sequence[str],
-    expected: Mapping[str, Mapping[str, str]],
-    max_concurrency: int = 10,
-) -> dict[str, DriftReport]:
-    """One cheap hash command per host (hosts with nothing expected are skipped as not drifted)."""
-    order = list(dict.fromkeys(hosts))
-    todo = [h for h in order if expected.get(h)]
-    try:
-        pings = dict(ssm.ping_statuses(todo)) if todo else {}
-    except SsmError as exc:
-        return {h: DriftReport(h, True, f"cannot ask SSM for agent status: {exc}") for h in todo}
-    reports = {h: DriftReport(h, False, "nothing pushed yet") for h in order if h not in todo}
-
-    def one(host: str) -> DriftReport:
-        ping = pings.get(host, "NotRegistered")
-        if ping != "Online":
-            return DriftReport(host, True, f"SSM agent PingStatus is {ping}")
-        return drift_of_host(ssm, host, expected[host])
-
-    with ThreadPoolExecutor(max_workers=max(1, min(max_concurrency, len(todo) or 1))) as pool:
-        for report in pool.map(one, todo):
-            reports[report.instance_id] = report
-    return {h: reports[h] for h in order}
-
-
-def check_drift(
-    *, ssm: SsmPort, hosts: Sequence[str], expected: Mapping[str, Mapping[str, str]]
-) -> dict[str, bool]:
-    """host → True when its files are not (or cannot be confirmed to be) as pushed: push again to fix."""
-    return {h: r.drifted for h, r in detect_drift(ssm=ssm, hosts=hosts, expected=expected).items()}

@@ -168,15 +168,7 @@ class SsmAdapter:
         self, instance_id: str, script: str, *, timeout: float, comment: str = "edx-remote-cache"
     ) -> str:
         """SendCommand only; returns the command id (see :meth:`wait`)."""
-        response = self._call(
-            "send_command",
-            InstanceIds=[instance_id],
-            DocumentName=DOCUMENT,
-            Comment=comment[:100],
-            TimeoutSeconds=self.delivery_timeout,
-            Parameters={"commands": [script], "executionTimeout": [str(max(1, int(timeout)))]},
-        )
-        return str(response["Command"]["CommandId"])
+        return self.send_many([instance_id], script, timeout=timeout, comment=comment)
 
     def send_many(
         self, instance_ids: Sequence[str], script: str, *, timeout: float, comment: str = "edx-remote-cache"

@@ -1,10 +1,19 @@
-"""Test-wide guard: no test may open a socket to anything but loopback (see README, "the environment")."""
+"""Test-wide: no test may open a socket to anything but loopback (see README, "the environment"), and the
+sandbox fixtures the host push and host drift tests share."""
 
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import socket
 import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from edx_remote_cache.sandbox import Sandbox
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
@@ -37,3 +46,38 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
 
 
 sys.addaudithook(_audit)
+
+
+@pytest.fixture(scope="module")
+def edx_sandbox() -> Iterator[Sandbox]:
+    """A sandbox without Kubernetes, one per test module: the Open edX hosts and SSM of the host tests."""
+    from edx_remote_cache.sandbox import Sandbox  # imported here: most tests never start a sandbox
+
+    with Sandbox(with_kube=False) as sb:
+        yield sb
+
+
+@pytest.fixture
+def sb(edx_sandbox: Sandbox) -> Sandbox:
+    """The module's sandbox with both Open edX hosts back to a fresh native install."""
+    from edx_remote_cache.sandbox.edx_hosts import build_root
+
+    sandbox = edx_sandbox
+    assert sandbox.registry is not None and sandbox.systemctl is not None and sandbox.faults is not None
+    for iid in sandbox.edx_hosts:
+        host = sandbox.registry.get(iid)
+        assert host is not None
+        sandbox.faults.agent_online(iid)
+        sandbox.faults.fail_restarts(iid, False)
+        for sub in ("etc", "app"):
+            shutil.rmtree(host.root / sub, ignore_errors=True)
+        for leftover in (
+            *host.root.glob("PWNED*"),
+            host.root / "supervisorctl.log",
+            host.dir / "systemctl.log",
+        ):
+            leftover.unlink(missing_ok=True)
+        build_root(host)
+        sandbox.systemctl({"host": iid, "args": ["enable", "--now", "memcached"]})
+        (host.dir / "systemctl.log").unlink(missing_ok=True)
+    return sandbox

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +22,6 @@ from edx_remote_cache.host_drift import HostDriftChecker
 from edx_remote_cache.host_push import expected_files, push_hosts
 from edx_remote_cache.push_plan import MAX_SCRIPT_CHARS, ProtocolError
 from edx_remote_cache.sandbox import Sandbox
-from edx_remote_cache.sandbox.edx_hosts import build_root
 from edx_remote_cache.spec import OpenedxSpec
 from edx_remote_cache.ssm import SsmAdapter
 
@@ -154,25 +151,6 @@ def test_truncated_or_foreign_answers_are_refused(files: dict[str, Path]) -> Non
 # ------------------------------------------------------------------------------ the region checker (sandbox)
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(with_kube=False) as sb:
-        yield sb
-
-
-@pytest.fixture
-def sb(sandbox: Sandbox) -> Sandbox:
-    assert sandbox.registry is not None and sandbox.faults is not None
-    for iid in sandbox.edx_hosts:
-        host = sandbox.registry.get(iid)
-        assert host is not None
-        sandbox.faults.agent_online(iid)
-        for sub in ("etc", "app"):
-            shutil.rmtree(host.root / sub, ignore_errors=True)
-        build_root(host)
-    return sandbox
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -185,15 +163,27 @@ def calls(sb: Sandbox, since: float) -> list[str]:
     return [c.operation for c in sb.calls.calls(service="ssm", since=since)]
 
 
-@pytest.mark.e2e
-@pytest.mark.timeout(90)
-def test_one_batched_check_per_interval_answers_every_resource(sb: Sandbox) -> None:
+def pushed_and_checker(
+    sb: Sandbox, **options: float
+) -> tuple[str, str, dict[str, dict[str, str]], Clock, HostDriftChecker]:
+    """Both Open edX hosts pushed for real; a checker with a hand-driven clock (one interval = +60 s)."""
     h1, h2 = sb.edx_hosts
     ssm = SsmAdapter(sb.client("ssm"))
     pushed = push_hosts(ssm=ssm, hosts=[h1, h2], openedx=OpenedxSpec(hosts=[h1, h2]), endpoints=[ENDPOINT])
-    expected = expected_files(pushed)
     clock = Clock()
-    checker = HostDriftChecker(ssm, ttl_seconds=60, clock=clock)
+    return (
+        h1,
+        h2,
+        expected_files(pushed),
+        clock,
+        HostDriftChecker(ssm, ttl_seconds=60, clock=clock, **options),
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_one_batched_check_per_interval_answers_every_resource(sb: Sandbox) -> None:
+    h1, h2, expected, clock, checker = pushed_and_checker(sb)
     # two resources: one pushed lms.yml+… to h1, the other to h2
     first, second = {h1: expected[h1]}, {h2: expected[h2]}
     checker.expect(second)
@@ -228,12 +218,7 @@ def test_one_batched_check_per_interval_answers_every_resource(sb: Sandbox) -> N
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
 def test_offline_agents_new_pushes_and_forgotten_resources(sb: Sandbox) -> None:
-    h1, h2 = sb.edx_hosts
-    ssm = SsmAdapter(sb.client("ssm"))
-    pushed = push_hosts(ssm=ssm, hosts=[h1, h2], openedx=OpenedxSpec(hosts=[h1, h2]), endpoints=[ENDPOINT])
-    expected = expected_files(pushed)
-    clock = Clock()
-    checker = HostDriftChecker(ssm, ttl_seconds=60, clock=clock)
+    h1, h2, expected, clock, checker = pushed_and_checker(sb)
     assert sb.faults is not None
     sb.faults.agent_offline(h2)
     report = checker.check(expected)
@@ -260,12 +245,7 @@ def test_offline_agents_new_pushes_and_forgotten_resources(sb: Sandbox) -> None:
 @pytest.mark.e2e
 @pytest.mark.timeout(90)
 def test_an_agent_that_goes_offline_after_answering_is_reported_without_the_whole_wait(sb: Sandbox) -> None:
-    h1, h2 = sb.edx_hosts
-    ssm = SsmAdapter(sb.client("ssm"))
-    pushed = push_hosts(ssm=ssm, hosts=[h1, h2], openedx=OpenedxSpec(hosts=[h1, h2]), endpoints=[ENDPOINT])
-    expected = expected_files(pushed)
-    clock = Clock()
-    checker = HostDriftChecker(ssm, ttl_seconds=60, clock=clock, wait_seconds=40)
+    h1, h2, expected, clock, checker = pushed_and_checker(sb, wait_seconds=40)
     assert not any(r.drifted for r in checker.check(expected).values())
     assert sb.faults is not None
     sb.faults.agent_offline(h2)  # SSM still takes commands for it; they would wait for the delivery timeout
@@ -290,17 +270,11 @@ def test_an_agent_that_goes_offline_after_answering_is_reported_without_the_whol
 @pytest.mark.timeout(90)
 def test_a_slow_region_learns_when_to_look_and_reads_its_answers_in_one_call() -> None:
     with Sandbox(with_kube=False, ssm_invocation_delay=1.6) as slow:
-        h1, h2 = slow.edx_hosts
-        ssm = SsmAdapter(slow.client("ssm"))
-        pushed = push_hosts(
-            ssm=ssm, hosts=[h1, h2], openedx=OpenedxSpec(hosts=[h1, h2]), endpoints=[ENDPOINT]
-        )
-        clock = Clock()
-        checker = HostDriftChecker(ssm, ttl_seconds=60, clock=clock)
+        _, _, expected, clock, checker = pushed_and_checker(slow)
         looks = []
         for _ in range(3):
             since = slow.calls.now()
-            assert not any(r.drifted for r in checker.check(expected_files(pushed)).values())
+            assert not any(r.drifted for r in checker.check(expected).values())
             looks.append(calls(slow, since).count("ListCommandInvocations"))
             clock.now += 60
         assert looks[0] > 1, (
@@ -315,7 +289,7 @@ def test_a_slow_region_learns_when_to_look_and_reads_its_answers_in_one_call() -
         time.sleep(0.3)
         assert running.is_alive(), "the check should still be waiting for the slow agents"
         started = time.monotonic()
-        checker.expect(expected_files(pushed))
-        checker.reports(expected_files(pushed))
+        checker.expect(expected)
+        checker.reports(expected)
         assert time.monotonic() - started < 0.05, "expect/reports waited for the running check"
         running.join(timeout=30)

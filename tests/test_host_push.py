@@ -7,7 +7,6 @@ and check the files, backups and the supervisorctl log on that root.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -32,7 +31,6 @@ from edx_remote_cache.push_plan import (
 )
 from edx_remote_cache.rewrite import rewrite
 from edx_remote_cache.sandbox import Sandbox
-from edx_remote_cache.sandbox.edx_hosts import build_root
 from edx_remote_cache.spec import DEFAULT_ANSIBLE_VARS_FILES, DEFAULT_CONFIG_FILES, OpenedxSpec
 from edx_remote_cache.ssm import CommandResult, SsmAdapter, SsmError
 
@@ -180,35 +178,6 @@ def _sha(data: bytes) -> str:
 ENDPOINT = "10.0.1.50:11211"
 LOCALS = ("localhost:11211", "127.0.0.1:11211")
 PATHS = host_paths(DEFAULT_CONFIG_FILES, DEFAULT_ANSIBLE_VARS_FILES)
-
-
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(with_kube=False) as sb:
-        yield sb
-
-
-@pytest.fixture
-def sb(sandbox: Sandbox) -> Sandbox:
-    """The module's sandbox with both Open edX hosts back to a fresh native install."""
-    assert sandbox.registry is not None and sandbox.systemctl is not None and sandbox.faults is not None
-    for iid in sandbox.edx_hosts:
-        host = sandbox.registry.get(iid)
-        assert host is not None
-        sandbox.faults.agent_online(iid)
-        sandbox.faults.fail_restarts(iid, False)
-        for sub in ("etc", "app"):
-            shutil.rmtree(host.root / sub, ignore_errors=True)
-        for leftover in (
-            *host.root.glob("PWNED*"),
-            host.root / "supervisorctl.log",
-            host.dir / "systemctl.log",
-        ):
-            leftover.unlink(missing_ok=True)
-        build_root(host)
-        sandbox.systemctl({"host": iid, "args": ["enable", "--now", "memcached"]})
-        (host.dir / "systemctl.log").unlink(missing_ok=True)
-    return sandbox
 
 
 def on_host(sb: Sandbox, iid: str, path: str) -> Path:

@@ -19,7 +19,7 @@ The operator probes ~100 endpoints a second at 500 resources, so the default pro
   ``version`` costs no round trip of its own this way, so it stays (``stats`` carries it too).
 * :func:`probe_all` (the operator's way) runs that probe on the event loop itself, non-blocking, with
   ``asyncio.timeout`` as the deadline: no thread hand-off per probe. :func:`probe_endpoint` is the same
-  probe, blocking, for any thread; both share the pool.
+  probe run to completion on a loop of its own, for any thread without a running loop; both share the pool.
 
 A ``client_factory`` (any :class:`MemcacheClientLike`, e.g. a pymemcache Client) switches to the plain
 path: a client of its own per probe, one command at a time, closed afterwards.
@@ -259,12 +259,14 @@ def probe_endpoint(
     """Probe one endpoint; never raises (except on programming errors like a bad timeout).
 
     Without ``client_factory`` (the operator's way): pipelined commands on a pooled connection, see the
-    module docstring. With one: a client of that factory's per probe, one command at a time.
+    module docstring. With one: a client of that factory's per probe, one command at a time. Blocking: from a
+    thread with a running event loop, await :func:`probe_all` instead.
     """
     if timeout <= 0:
         raise ValueError("timeout must be > 0")
     if client_factory is None:
-        return _probe_pooled(endpoint, resolver, timeout)
+        # the event-loop probe on a loop of its own: one implementation of the pooled probe, not two
+        return asyncio.run(_probe_pooled_async(endpoint, resolver, timeout))
     return _probe_with_client(endpoint, resolver, timeout, client_factory)
 
 
@@ -563,76 +565,6 @@ def _pooled_result(
     )
 
 
-# blocking (probe_endpoint, from any thread): socket timeouts cut to what is left of the deadline
-
-
-def _settimeout(sock: socket.socket, deadline: float, timeout: float) -> None:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise DeadlineExceeded(f"probe exceeded {timeout:g}s")
-    sock.settimeout(remaining)
-
-
-def _open(address: tuple[str, int], deadline: float, timeout: float) -> _Connection:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise DeadlineExceeded(f"probe exceeded {timeout:g}s")
-    sock = socket.create_connection(address, timeout=remaining)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        sock.close()
-        raise
-    return _Connection(sock, time.monotonic())
-
-
-def _exchange(conn: _Connection, attempt: _Attempt, request: bytes, deadline: float, timeout: float) -> None:
-    sock = conn.sock
-    _settimeout(sock, deadline, timeout)
-    sock.sendall(request)
-    while True:
-        _settimeout(sock, deadline, timeout)
-        if attempt.feed(sock.recv(_RECV_SIZE)):
-            return
-
-
-def _probe_pooled(endpoint: str, resolver: AddressResolver, timeout: float) -> ProbeResult:
-    started = time.monotonic()
-    deadline = started + timeout
-    address: tuple[str, int] | None = None
-    conn: _Connection | None = None
-    attempt: _Attempt | None = None
-    try:
-        address = resolver.resolve(endpoint)
-        key, value, request = _canary_request()
-        generation = _POOL.generation
-        conn = _POOL.checkout(address, started)
-        while True:
-            reused = conn is not None
-            attempt = _Attempt(key, value)
-            try:
-                if conn is None:
-                    conn = _open(address, deadline, timeout)
-                _exchange(conn, attempt, request, deadline, timeout)
-                break
-            except _CLOSED_ERRORS:
-                if not reused or conn is None:
-                    raise
-                # memcached went away (killed, restarted) since this connection was last used: probe as a
-                # fresh probe would, within what is left of the same deadline
-                conn.close()
-                conn = None
-        if attempt.failure is None and attempt.clean:
-            _POOL.checkin(address, conn, time.monotonic(), generation)
-            conn = None
-        return _pooled_result(endpoint, started, timeout, address, attempt, attempt.failure)
-    except Exception as exc:  # a probe reports, it does not raise
-        return _pooled_result(endpoint, started, timeout, address, attempt, exc)
-    finally:
-        if conn is not None:
-            conn.close()
-
-
 # non-blocking (probe_all): the event loop waits for the answers, asyncio.timeout is the deadline
 
 
@@ -664,15 +596,13 @@ async def _exchange_async(
     loop: asyncio.AbstractEventLoop, conn: _Connection, attempt: _Attempt, request: bytes
 ) -> None:
     sock = conn.sock
-    if sock.gettimeout() != 0.0:  # last used by a blocking probe
-        sock.setblocking(False)
     await loop.sock_sendall(sock, request)
     while not attempt.feed(await loop.sock_recv(sock, _RECV_SIZE)):
         pass
 
 
 async def _probe_pooled_async(endpoint: str, resolver: AddressResolver, timeout: float) -> ProbeResult:
-    """:func:`_probe_pooled` on the running event loop: same pool, same answers, no thread."""
+    """The pooled, pipelined probe on the running event loop (see the module docstring)."""
     started = time.monotonic()
     address: tuple[str, int] | None = None
     conn: _Connection | None = None

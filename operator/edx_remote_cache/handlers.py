@@ -12,8 +12,8 @@ import copy
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import kopf
 
@@ -34,72 +34,64 @@ RESOURCE = (GROUP, VERSION, PLURAL)
 ANNOTATION_PREFIX = "edx-remote-cache.openedx.org"
 
 
+_T = TypeVar("_T")
+
+
 class _Regional:
-    """Per-region adapters, built once and shared by every resource (one batched observe per region)."""
+    """Per-region adapters, built once and shared by every resource (one batched observe per region).
+
+    Snapshots are keyed by (region, drift interval): resources sharing one must agree on how old it may get.
+    """
 
     def __init__(self, metrics: Metrics) -> None:
         self._lock = threading.Lock()
-        self._clients: dict[str, AwsClients] = {}
-        # keyed by (region, drift interval): resources sharing a snapshot must agree on how old it may get
-        self._observers: dict[tuple[str, float], RegionObserver] = {}
-        self._edx_hosts: dict[tuple[str, float], EdxHostDirectory] = {}
-        self._lookups: dict[str, CloudLookups] = {}
-        self._ssm: dict[str, SsmAdapter] = {}
-        self._host_drift: dict[tuple[str, float], HostDriftChecker] = {}
+        self._built: dict[tuple[Any, ...], Any] = {}
         self._metrics = metrics
         import boto3
 
         self._session = boto3.session.Session()  # one session: building the EC2 model per client is slow
+
+    def _once(self, key: tuple[Any, ...], build: Callable[[], _T]) -> _T:
+        """The adapter for ``key``, built on first use (``build`` must not call back into this object)."""
+        with self._lock:
+            if key not in self._built:
+                self._built[key] = build()
+            built: _T = self._built[key]
+            return built
 
     def _count(self, event_name: str, **_: Any) -> None:
         # event name: "before-call.<service>.<Operation>"
         _prefix, service, operation = event_name.split(".", 2)
         self._metrics.count_aws_call(service, operation)
 
+    def _make_clients(self, region: str) -> AwsClients:
+        clients = make_clients(region, session=self._session)  # honours AWS_ENDPOINT_URL
+        for client in (clients.ec2, clients.ssm):
+            client.meta.events.register("before-call", self._count)
+        return clients
+
     def clients(self, region: str) -> AwsClients:
-        with self._lock:
-            if region not in self._clients:
-                clients = make_clients(region, session=self._session)  # honours AWS_ENDPOINT_URL
-                for client in (clients.ec2, clients.ssm):
-                    client.meta.events.register("before-call", self._count)
-                self._clients[region] = clients
-            return self._clients[region]
+        return self._once(("clients", region), lambda: self._make_clients(region))
 
     def observer(self, region: str, ttl: float) -> RegionObserver:
-        clients = self.clients(region)
-        with self._lock:
-            observer = self._observers.get((region, ttl))
-            if observer is None:
-                observer = self._observers[region, ttl] = RegionObserver(clients.ec2, ttl_seconds=ttl)
-            return observer
+        ec2 = self.clients(region).ec2
+        return self._once(("observer", region, ttl), lambda: RegionObserver(ec2, ttl_seconds=ttl))
 
     def edx_hosts(self, region: str, ttl: float) -> EdxHostDirectory:
-        clients = self.clients(region)
-        with self._lock:
-            if (region, ttl) not in self._edx_hosts:
-                self._edx_hosts[region, ttl] = EdxHostDirectory(clients.ec2, ttl_seconds=ttl)
-            return self._edx_hosts[region, ttl]
+        ec2 = self.clients(region).ec2
+        return self._once(("edx_hosts", region, ttl), lambda: EdxHostDirectory(ec2, ttl_seconds=ttl))
 
     def lookups(self, region: str) -> CloudLookups:
         clients = self.clients(region)
-        with self._lock:
-            if region not in self._lookups:
-                self._lookups[region] = CloudLookups(clients)
-            return self._lookups[region]
+        return self._once(("lookups", region), lambda: CloudLookups(clients))
 
     def ssm(self, region: str) -> SsmAdapter:
-        clients = self.clients(region)
-        with self._lock:
-            if region not in self._ssm:
-                self._ssm[region] = SsmAdapter(clients.ssm)
-            return self._ssm[region]
+        client = self.clients(region).ssm
+        return self._once(("ssm", region), lambda: SsmAdapter(client))
 
     def host_drift(self, region: str, ttl: float) -> HostDriftChecker:
         ssm = self.ssm(region)
-        with self._lock:
-            if (region, ttl) not in self._host_drift:
-                self._host_drift[region, ttl] = HostDriftChecker(ssm, ttl_seconds=ttl)
-            return self._host_drift[region, ttl]
+        return self._once(("host_drift", region, ttl), lambda: HostDriftChecker(ssm, ttl_seconds=ttl))
 
 
 def _post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

@@ -2,7 +2,7 @@
 
 Usage: ``PYTHONPATH=operator .venv/bin/python bench/bench_probe.py [--count 500] [--rounds 5] [--json] [--cpu]``.
 Starts as many ``memcached -m 8 -c 64 -t 1`` processes as the machine allows (up to --count), probes
-them with :func:`edx_remote_cache.probe.probe_all`, prints ``probe_round_seconds_500``, and kills every
+them with :func:`edx_remote_cache.adapters.probe.probe_all`, prints ``probe_round_seconds_500``, and kills every
 process it started, also on Ctrl-C.
 
 It also prints ``probe_cpu_ms_per_probe``: this process's CPU time (``time.process_time``: user + system of
@@ -36,8 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-from edx_remote_cache.probe import probe_all
-from edx_remote_cache.resolver import IdentityResolver
+from edx_remote_cache.adapters.probe import probe_all
+from edx_remote_cache.adapters.resolver import IdentityResolver
 
 METRIC = "probe_round_seconds_500"
 CPU_METRIC = "probe_cpu_ms_per_probe"

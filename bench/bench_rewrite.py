@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
-from edx_remote_cache.rewrite import rewrite
+from edx_remote_cache.domain.rewrite import rewrite
 
 METRIC = "rewrite_ms_64k"
 FIXTURE = Path(__file__).resolve().parents[1] / "operator" / "edx_remote_cache" / "data" / "edx" / "lms.yml"

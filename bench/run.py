@@ -11,7 +11,7 @@ Parts (each also selectable with ``--only``):
 
 Results go to bench/out/results.json (``--out``): ``figures`` (name → median/min/max/n, target, met, and what was
 measured), ``details`` (per-part context: configuration, per-window breakdowns) and ``meta``. ``--smoke`` runs a
-tiny version of everything (3 resources, 1 repetition) in well under a minute, for tests/test_bench_smoke.py.
+tiny version of everything (3 resources, 1 repetition) in well under a minute, for tests/shipping/test_bench_smoke.py.
 Only 127.0.0.1 is ever contacted.
 """
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 
-from edx_remote_cache.aws import AwsClients, make_clients
+from edx_remote_cache.adapters.aws import AwsClients, make_clients
 
 TEST_AMI_PARAMETER = "/edx-remote-cache/test/ubuntu-ami-id"
 PLAIN_MOTO_ENV = "EDX_REMOTE_CACHE_TEST_PLAIN_MOTO"

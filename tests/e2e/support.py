@@ -20,8 +20,8 @@ import yaml
 from pymemcache.client.base import Client as Memcache
 
 from edx_remote_cache import OWNER_UID_TAG
-from edx_remote_cache.conditions import CONDITION_TYPES
-from edx_remote_cache.resolver import MapFileResolver
+from edx_remote_cache.adapters.resolver import MapFileResolver
+from edx_remote_cache.domain.conditions import CONDITION_TYPES
 from edx_remote_cache.sandbox import Sandbox
 from edx_remote_cache.sandbox.harness import cache_manifest, condition, is_ready, wait_for
 

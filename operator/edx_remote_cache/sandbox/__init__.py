@@ -344,7 +344,7 @@ class Sandbox:
 
     def env(self) -> dict[str, str]:
         """What a process needs to use this sandbox (kubectl, boto3, the operator)."""
-        from edx_remote_cache.resolver import ENV_ADDRESS_MAP
+        from edx_remote_cache.adapters.resolver import ENV_ADDRESS_MAP
         from edx_remote_cache.sandbox.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
         env = {

@@ -2,7 +2,7 @@
 user-data, plus the host tools (fake curl/systemctl) that SSM scripts call on any sandbox host.
 
 When such an instance reaches ``running``, memcached starts from the config carried in its user-data (parsed by
-:func:`edx_remote_cache.userdata.parse_memcached_conf`), with only ``-l`` (127.0.0.1) and ``-p`` (ephemeral,
+:func:`edx_remote_cache.domain.userdata.parse_memcached_conf`), with only ``-l`` (127.0.0.1) and ``-p`` (ephemeral,
 kept across restarts) overridden, ``-P``/``-d`` dropped and ``-u`` adapted; so a flag memcached rejects fails the
 host as it would on EC2. The JSON address map ``{"<privateIp>:<conf port>": "127.0.0.1:<port>"}`` is rewritten
 atomically whenever a cache host starts or stops; the operator's resolver reads it and never dials anything else.
@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edx_remote_cache.sandbox.aws import AwsServer, decode_user_data
-from edx_remote_cache.sandbox.ssm_agent import HostRegistry, SandboxHost
-from edx_remote_cache.userdata import (
+from edx_remote_cache.domain.userdata import (
     CONF_BEGIN,
     CONF_END,
     PRIVATE_IP_PLACEHOLDER,
     extract_memcached_conf,
     parse_memcached_conf,
 )
+from edx_remote_cache.sandbox.aws import AwsServer, decode_user_data
+from edx_remote_cache.sandbox.ssm_agent import HostRegistry, SandboxHost
 
 __all__ = [
     "OWNER_ENV",

@@ -56,7 +56,7 @@ class OperatorProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, *, wait: float = 30.0) -> OperatorProcess:
-        cmd = [sys.executable, "-m", "edx_remote_cache.cli", "run", *self.args,
+        cmd = [sys.executable, "-m", "edx_remote_cache.cli.main", "run", *self.args,
                "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]  # fmt: skip
         if self.metrics_port:
             cmd += ["--metrics-port", str(self.metrics_port), "--metrics-addr", "127.0.0.1"]

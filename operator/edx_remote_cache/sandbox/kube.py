@@ -1678,7 +1678,7 @@ class _LoopbackServer(kmock.Server):
 
 
 def _default_crd_path() -> pathlib.Path:
-    from edx_remote_cache.crd import crd_path  # $EDX_REMOTE_CACHE_CRD, then the checkout's crds/
+    from edx_remote_cache.domain.crd import crd_path  # $EDX_REMOTE_CACHE_CRD, then the checkout's crds/
 
     return crd_path()
 

@@ -1,0 +1,1 @@
+"""`edx-remote-cache` subcommands, one module each; `main` dispatches lazily."""

@@ -1,0 +1,105 @@
+"""The CRD in crds/ is the one source of the API schema: the validator and the sandbox read it, nothing retypes it."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterator, Mapping
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+CRD_ENV = "EDX_REMOTE_CACHE_CRD"
+CRD_FILE = "edxremotecache.yaml"
+
+
+def crd_path() -> Path:
+    """Where the CRD lives: $EDX_REMOTE_CACHE_CRD, else the checkout's crds/ (the image copies it there too)."""
+    explicit = os.environ.get(CRD_ENV)
+    if explicit:
+        return Path(explicit)
+    for base in (Path(__file__).resolve().parents[3], Path.cwd(), Path("/app")):
+        candidate = base / "crds" / CRD_FILE
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"cannot find crds/{CRD_FILE}; set {CRD_ENV} to its path")
+
+
+@cache
+def load_crd(path: Path | None = None) -> dict[str, Any]:
+    with open(path or crd_path(), encoding="utf-8") as fh:
+        crd: dict[str, Any] = yaml.safe_load(fh)
+    return crd
+
+
+def served_version(crd: Mapping[str, Any]) -> Mapping[str, Any]:
+    return next(v for v in crd["spec"]["versions"] if v.get("storage"))
+
+
+def openapi_schema(crd: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The storage version's openAPIV3Schema (a deep copy: callers may mutate it)."""
+    return copy.deepcopy(served_version(crd or load_crd())["schema"]["openAPIV3Schema"])
+
+
+def to_jsonschema(node: Any) -> Any:
+    """OpenAPI v3 structural schema → JSON Schema: drop x-kubernetes-* keys; preserve-unknown-fields allows extras."""
+    if isinstance(node, list):
+        return [to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    if (
+        out.get("type") == "object"
+        and "properties" in out
+        and not node.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out.setdefault("additionalProperties", False)
+    return out
+
+
+@cache
+def _validator() -> jsonschema.protocols.Validator:
+    schema = to_jsonschema(openapi_schema())
+    schema["properties"]["metadata"] = {"type": "object"}
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)  # type: ignore[call-arg]
+
+
+def _json_path(path: Iterator[Any]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def schema_problems(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field path, message) for every way `obj` breaks the CRD's schema, like the apiserver would report."""
+    problems = []
+    for error in sorted(_validator().iter_errors(dict(obj)), key=lambda e: list(map(str, e.absolute_path))):
+        path = _json_path(iter(error.absolute_path))
+        if error.validator == "additionalProperties":
+            message = f"{error.message}; check the spelling against `kubectl explain edxremotecache.spec`"
+        elif error.validator == "pattern":
+            message = f"{error.instance!r} does not match the pattern {error.validator_value}"
+        else:
+            message = error.message
+        problems.append((path or "(root)", message))
+    return problems
+
+
+def apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
+    """Fill in schema defaults the way a structural apiserver does (for fields of objects that are present)."""
+    if not isinstance(value, dict) or schema.get("type") != "object":
+        if isinstance(value, list) and "items" in schema:
+            return [apply_defaults(schema["items"], v) for v in value]
+        return value
+    out = dict(value)
+    for name, sub in schema.get("properties", {}).items():
+        if name not in out and "default" in sub:
+            out[name] = copy.deepcopy(sub["default"])
+        if name in out:
+            out[name] = apply_defaults(sub, out[name])
+    return out

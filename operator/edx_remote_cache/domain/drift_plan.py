@@ -1,0 +1,198 @@
+"""Batch the host-file drift check of a whole region into a few SSM commands (pure: render and parse).
+
+Each resource's Open edX hosts carry files the operator pushed; on every drift interval it must learn whether
+they still hold what it wrote. Asking per resource costs ~3 SSM calls per resource per interval (ping, send,
+poll); this module lets :mod:`edx_remote_cache.adapters.host_drift` ask for every host of a region at once:
+
+* one **command per ≤ 50 hosts** (SendCommand's InstanceIds limit) whose script carries every host's
+  expectations and picks its own by ``$AWS_SSM_INSTANCE_ID`` (set by the SSM agent for Run Command);
+* the host compares on its side and **prints only what differs**, so the answer of a healthy host is a few
+  bytes and ListCommandInvocations' 2,500-character ``Output`` returns ≤ 50 hosts' answers in one call;
+* expectations are the first 32 hex digits (128 bits) of each file's sha256: a change that keeps them is a
+  second-preimage attack on SHA-256, not an ansible run, and it keeps 500 files per command in the size cap.
+
+The line protocol is the one of :mod:`edx_remote_cache.domain.push_plan` (``ERC-BEGIN`` … ``ERC-END``, free text in
+base64), so a hostile file name cannot forge an answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from edx_remote_cache.domain.push_plan import (
+    MAX_SCRIPT_CHARS,
+    ProtocolError,
+    _b64text,
+    _bash_array,
+    _check_path,
+    _index,
+    _lines,
+    _prelude,
+    _q,
+)
+
+__all__ = [
+    "HOSTS_PER_COMMAND",
+    "PREFIX_HEX",
+    "DriftAnswer",
+    "DriftBatch",
+    "pack_batches",
+    "parse_drift_answer",
+    "render_drift_script",
+]
+
+HOSTS_PER_COMMAND = 50  # SendCommand accepts at most 50 InstanceIds
+PREFIX_HEX = 32  # hex digits of sha256 compared on the host (128 bits)
+_ENTRY_CHARS = PREFIX_HEX + 8  # one "index:prefix" word in a host's table, quoted, with its separator
+_HOST_CHARS = 40  # one `case` arm's fixed part (instance id, parentheses, want=( … );;)
+_FIXED_CHARS = 2_500  # prelude and loop
+
+
+@dataclass(frozen=True)
+class DriftBatch:
+    """One command: the hosts it goes to and what each is expected to hold (path → full sha256)."""
+
+    expected: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(host for host, _ in self.expected)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every path once, in first-seen order (the table the host indexes into)."""
+        return tuple(dict.fromkeys(path for _, files in self.expected for path, _ in files))
+
+
+@dataclass(frozen=True)
+class DriftAnswer:
+    """One host's answer: ``checked`` files compared, of which ``changed`` differ (path → sha256 or None)."""
+
+    checked: int
+    changed: tuple[tuple[str, str | None], ...] = ()
+    errors: tuple[tuple[str, str], ...] = ()  # path → why it could not be read
+    not_listed: bool = False  # the host could not tell which table is its own (no $AWS_SSM_INSTANCE_ID)
+
+
+def _cost(files: Sequence[tuple[str, str]], known_paths: set[str]) -> int:
+    new_paths = sum(len(_q(p)) + 1 for p, _ in files if p not in known_paths)
+    return _HOST_CHARS + len(files) * _ENTRY_CHARS + new_paths
+
+
+def pack_batches(
+    expected: Mapping[str, Mapping[str, str]],
+    *,
+    hosts_per_command: int = HOSTS_PER_COMMAND,
+    max_chars: int = MAX_SCRIPT_CHARS,
+) -> list[DriftBatch]:
+    """Group hosts into as few commands as the host limit and the script size cap allow.
+
+    A host whose own table would not fit one command is split over several (each part is a batch of its own
+    with that host alone), so no expectation is ever dropped.
+    """
+    batches: list[DriftBatch] = []
+    current: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    paths: set[str] = set()
+    size = _FIXED_CHARS
+
+    def flush() -> None:
+        nonlocal current, paths, size
+        if current:
+            batches.append(DriftBatch(tuple(current)))
+        current, paths, size = [], set(), _FIXED_CHARS
+
+    for host in sorted(expected):
+        files = tuple(sorted(expected[host].items()))
+        if not files:
+            continue
+        for path, _ in files:
+            _check_path(path)
+        cost = _cost(files, paths)
+        if current and (len(current) >= hosts_per_command or size + cost > max_chars):
+            flush()
+            cost = _cost(files, paths)
+        if size + cost <= max_chars:
+            current.append((host, files))
+            paths.update(p for p, _ in files)
+            size += cost
+            continue
+        # this host alone is too big for one command: its files go in parts
+        part: list[tuple[str, str]] = []
+        for item in files:
+            if part and _FIXED_CHARS + _cost((*part, item), set()) > max_chars:
+                batches.append(DriftBatch(((host, tuple(part)),)))
+                part = []
+            part.append(item)
+        if part:
+            batches.append(DriftBatch(((host, tuple(part)),)))
+    flush()
+    return batches
+
+
+def render_drift_script(batch: DriftBatch) -> str:
+    """The script every host of ``batch`` runs: find its own table, compare, print only differences."""
+    paths = batch.paths
+    index = {path: i for i, path in enumerate(paths)}
+
+    def table(files: Iterable[tuple[str, str]]) -> str:
+        return " ".join(f"{index[path]}:{sha[:PREFIX_HEX]}" for path, sha in files)
+
+    if len(batch.expected) == 1:  # one host: no need to know who we are
+        choose = f"want=({table(batch.expected[0][1])})"
+    else:
+        arms = "\n".join(f"  {_q(host)}) want=({table(files)});;" for host, files in batch.expected)
+        choose = f"""\
+case "${{AWS_SSM_INSTANCE_ID:-}}" in
+{arms}
+  *) echo "ERC-NOT-LISTED"; echo "ERC-END"; exit 0;;
+esac"""
+    script = "\n".join(
+        [
+            _prelude("drift check"),
+            _bash_array("paths", paths),
+            choose,
+            f"""\
+for w in "${{want[@]}}"; do
+  i=${{w%%:*}}; p=${{paths[$i]}}
+  if [ -L "$p" ] || {{ [ -e "$p" ] && [ ! -f "$p" ]; }}; then erc_err "$i" "is not a regular file"
+  elif [ ! -e "$p" ]; then echo "ERC-MISSING $i"
+  elif ! sum=$( {{ sha256sum < "$p"; }} 2>&1 ); then erc_err "$i" "cannot read: $sum"
+  elif [ "${{sum:0:{PREFIX_HEX}}}" != "${{w#*:}}" ]; then echo "ERC-HASH $i ${{sum%% *}}"
+  fi
+done
+echo "ERC-CHECKED ${{#want[@]}}"
+echo "ERC-END"
+""",
+        ]
+    )
+    return script
+
+
+def parse_drift_answer(stdout: str, batch: DriftBatch, host: str) -> DriftAnswer:
+    """One host's output of :func:`render_drift_script` (ProtocolError when truncated or not ours)."""
+    paths = batch.paths
+    mine = dict(dict(batch.expected).get(host, ()))
+    changed: list[tuple[str, str | None]] = []
+    errors: list[tuple[str, str]] = []
+    checked: int | None = None
+    for words in _lines(stdout, "drift check"):
+        if words == ["ERC-NOT-LISTED"]:
+            return DriftAnswer(0, not_listed=True)
+        if words[0] == "ERC-HASH" and len(words) == 3 and len(words[2]) == 64:
+            changed.append((paths[_index(words[1], len(paths))], words[2]))
+        elif words[0] == "ERC-MISSING" and len(words) == 2:
+            changed.append((paths[_index(words[1], len(paths))], None))
+        elif words[0] == "ERC-ERROR" and len(words) in (2, 3):
+            path = paths[_index(words[1], len(paths))]
+            errors.append((path, _b64text(words[2]) if len(words) == 3 else "error"))
+        elif words[0] == "ERC-CHECKED" and len(words) == 2 and words[1].isdigit():
+            checked = int(words[1])
+        else:
+            raise ProtocolError(f"unexpected line in drift output: {' '.join(words)[:120]!r}")
+    if checked != len(mine):
+        raise ProtocolError(f"drift check compared {checked} file(s), {len(mine)} expected")
+    foreign = [p for p, _ in (*changed, *errors) if p not in mine]
+    if foreign:
+        raise ProtocolError(f"drift check reported a file this host was not asked about: {foreign[0]}")
+    return DriftAnswer(checked, tuple(changed), tuple(errors))

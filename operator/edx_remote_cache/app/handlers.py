@@ -179,7 +179,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if OPTIONS.get("metrics_port"):
         serve(
             int(OPTIONS["metrics_port"]),
-            registry=memo.reconciler.a.metrics.registry,
+            registry=memo.reconciler.adapters.metrics.registry,
             addr=OPTIONS["metrics_addr"],
         )
 

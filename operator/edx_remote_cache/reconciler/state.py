@@ -1,0 +1,185 @@
+"""What the reconciler remembers about each object, and the adapters it is handed.
+
+Everything here is data: the per-object memory (`ResourceState`, rebuilt from `status` after a restart), the
+object's identity (`ObjectRef`), the launch/replacement record kept in `status.progress`, and `Adapters`, the
+bundle of outside systems the operator (app/wiring.py) or a test (tests/reconciler) builds and passes in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Protocol
+
+from edx_remote_cache.adapters import aws, host_push, probe
+from edx_remote_cache.adapters.aws import AwsClients, CloudLookups, EdxHostDirectory, RegionObserver
+from edx_remote_cache.adapters.host_drift import HostDriftChecker
+from edx_remote_cache.adapters.host_push import HostPushResult
+from edx_remote_cache.adapters.kube_status import StatusWriter
+from edx_remote_cache.adapters.metrics import Metrics
+from edx_remote_cache.adapters.probe import ProbeResult
+from edx_remote_cache.adapters.resolver import AddressResolver
+from edx_remote_cache.adapters.ssm import SsmAdapter
+from edx_remote_cache.domain.cloud_plan import ActResult, DesiredCacheHost, ObservedCloud, Owner, Plan
+from edx_remote_cache.domain.conditions import Facts
+from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
+
+PAUSE_ANNOTATION = "edx-remote-cache.openedx.org/paused"
+
+
+class EventSink(Protocol):
+    def __call__(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+
+class RequeueError(Exception):
+    """The pass made progress but is not finished (AWS still converging, a retryable error): try again soon."""
+
+    def __init__(self, message: str, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclasses.dataclass
+class Adapters:
+    """Every outside system, injected. Factories are per region; the operator caches what they return."""
+
+    clients: Callable[[str], AwsClients]
+    observer: Callable[[str, float], RegionObserver]
+    edx_hosts: Callable[[str, float], EdxHostDirectory]
+    lookups: Callable[[str], CloudLookups]
+    ssm: Callable[[str], SsmAdapter]
+    host_drift: Callable[[str, float], HostDriftChecker]
+    status: StatusWriter
+    resolver: AddressResolver
+    events: EventSink
+    metrics: Metrics
+    clock: Callable[[], float] = time.time
+    # the steps' calls into the world, replaceable as a whole in tests/reconciler (no sandbox needed there)
+    act: Callable[..., ActResult] = aws.act
+    push_hosts: Callable[..., list[HostPushResult]] = host_push.push_hosts
+    revert_hosts: Callable[..., list[HostPushResult]] = host_push.revert_hosts
+    probe_all: Callable[..., Awaitable[list[ProbeResult]]] = probe.probe_all
+
+
+class ObjectRef(NamedTuple):
+    """Who an EdxRemoteCache is: what every step needs of its metadata."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+
+    @classmethod
+    def of(cls, obj: Mapping[str, Any]) -> ObjectRef:
+        meta = obj.get("metadata") or {}
+        return cls(
+            meta.get("namespace", "default"),
+            meta["name"],
+            meta.get("uid", ""),
+            int(meta.get("generation") or 1),
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def owner(self) -> Owner:
+        return Owner(self.namespace, self.name, self.uid)
+
+
+class HostAttempt(NamedTuple):
+    """A host's last push that ended RolledBack / Failed / Conflict: what the back-off is computed from."""
+
+    time: float
+    generation: int
+    endpoints: tuple[str, ...]
+    failures: int
+
+
+@dataclasses.dataclass
+class ResourceState:
+    """What the operator remembers about one resource between passes (rebuilt from status after a restart)."""
+
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    status: dict[str, Any] = dataclasses.field(default_factory=dict)
+    written_at: float = 0.0
+    facts: Facts | None = None
+    spec: EdxRemoteCacheSpec | None = None
+    stalled_generation: int | None = None
+    consecutive_failures: int = 0
+    last_probe: list[ProbeResult] = dataclasses.field(default_factory=list)
+    healing: str | None = None
+    restarted_at: dict[str, float] = dataclasses.field(default_factory=dict)
+    replace: set[str] = dataclasses.field(default_factory=set)
+    was_healthy: bool | None = None
+    host_attempts: dict[str, HostAttempt] = dataclasses.field(default_factory=dict)  # by instance id
+    acted: list[ActResult] = dataclasses.field(default_factory=list)  # what the last cloud pass changed
+    # instance id -> the endpoints of its last Configured push (after a restart: status.pushedEndpoints)
+    host_targets: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    retry_message: str | None = None  # the last AwsRetrying event, not repeated while the error stays
+
+
+@dataclasses.dataclass
+class CloudOutcome:
+    """What the cloud pass saw, decided and did: the input of the host pass, the facts and the status."""
+
+    desired: DesiredCacheHost
+    observed: ObservedCloud
+    plan: Plan
+    endpoints: tuple[str, ...]
+    edx_hosts: list[str]
+    launches: dict[str, float]
+    replacements: dict[int, int]
+    result: ActResult | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """`status.progress`: launch tokens in flight, the generation of each replica slot, replacement times.
+
+    Written before a RunInstances call so that a crash right after it never launches twice (the token is
+    reused), and read back after an operator restart.
+    """
+
+    launches: dict[str, float]
+    replacements: dict[int, int]
+    times: list[float]
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any]) -> Progress:
+        progress = status.get("progress") or {}
+        return cls(
+            launches={str(k): float(v) for k, v in (progress.get("launches") or {}).items()},
+            replacements={int(k): int(v) for k, v in (progress.get("replacements") or {}).items()},
+            times=[float(t) for t in progress.get("replacementTimes") or []],
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        return progress_status(self.launches, self.replacements, self.times)
+
+
+def progress_status(
+    launches: Mapping[str, float], replacements: Mapping[int, int], times: Sequence[float]
+) -> dict[str, Any]:
+    return {
+        "launches": dict(launches),
+        "replacements": {str(k): v for k, v in replacements.items()},
+        "replacementTimes": list(times),
+    }
+
+
+def is_paused(obj: Mapping[str, Any], spec: EdxRemoteCacheSpec | None) -> bool:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return bool(spec and spec.paused) or str(annotations.get(PAUSE_ANNOTATION, "")).lower() == "true"
+
+
+def now_dt(clock: Callable[[], float]) -> datetime:
+    return datetime.fromtimestamp(clock(), tz=UTC)
+
+
+def owner_key(obj: Mapping[str, Any]) -> str:
+    return ObjectRef.of(obj).key

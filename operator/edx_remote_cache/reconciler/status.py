@@ -1,0 +1,224 @@
+"""Status publishing: facts from what the passes saw, conditions from facts, and the write decision.
+
+The pure parts (conditions, phase, the health block, `status_changed`) live in domain/conditions.py; this step
+gathers the facts a pass observed, builds the status, writes it only when it changed (or the heartbeat is due),
+and turns condition transitions into Events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from edx_remote_cache.adapters.host_push import HostPushResult
+from edx_remote_cache.adapters.probe import ProbeResult
+from edx_remote_cache.domain.cloud_plan import AuthorizeIngress, CreateSecurityGroup, RevokeIngress
+from edx_remote_cache.domain.conditions import (
+    HEARTBEAT_FIELDS,
+    Facts,
+    compute_conditions,
+    compute_phase,
+    health_status,
+    status_changed,
+)
+from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
+from edx_remote_cache.reconciler.state import (
+    Adapters,
+    CloudOutcome,
+    ObjectRef,
+    Progress,
+    ResourceState,
+    now_dt,
+    progress_status,
+)
+
+HEARTBEAT_SECONDS = 60.0  # status.health.lastProbeTime is refreshed at most this often when nothing changes
+COLD_CACHE_SECONDS = 600.0  # after a replacement, a low hit ratio is reported as "cold", not a failure
+# Probe figures that move with every probe of a busy (or merely jittery) cache: written when something else
+# changes and with the heartbeat, never on their own (or an idle cache would patch its status every probe).
+HEALTH_FIGURES = ("latencyMs", "currConnections", "bytes", "hitRatio", "hitRatioPercent", "evictions")
+# the conditions whose transitions become Events
+EVENT_CONDITIONS = ("Ready", "Stalled", "CacheHealthy", "HostsConfigured")
+
+
+class StatusPublisher:
+    """Builds an object's status from facts and writes it when a user would see a difference."""
+
+    def __init__(self, adapters: Adapters) -> None:
+        self.adapters = adapters
+
+    def heartbeat_due(self, state: ResourceState) -> bool:
+        return self.adapters.clock() - state.written_at >= HEARTBEAT_SECONDS
+
+    async def write(
+        self, obj: Mapping[str, Any], state: ResourceState, new: dict[str, Any], *, force: bool = False
+    ) -> bool:
+        """Patch status only when it changed (heartbeat fields excepted), or when the heartbeat is due."""
+        ref = ObjectRef.of(obj)
+        if (
+            not force
+            and not self.heartbeat_due(state)
+            and not status_changed(settled(state.status), settled(new))
+        ):
+            return False
+        patch = dict(new)
+        for key in state.status:  # a merge patch keeps keys it does not mention: clear the ones we dropped
+            if key not in patch:
+                patch[key] = None
+        await self.adapters.status.patch_status(ref.namespace, ref.name, patch)
+        self.adapters.metrics.status_writes.labels(ref.namespace, ref.name).inc()
+        state.status = {k: v for k, v in new.items() if v is not None}
+        state.written_at = self.adapters.clock()
+        return True
+
+    def build(self, state: ResourceState, facts: Facts, **parts: Any) -> dict[str, Any]:
+        """The status for ``facts``: conditions and phase recomputed, every other key kept or replaced."""
+        status = {
+            k: v for k, v in state.status.items() if k not in ("conditions", "phase", "observedGeneration")
+        }
+        status.update(parts)
+        status["observedGeneration"] = facts.generation
+        status["conditions"] = compute_conditions(
+            facts, previous=state.status.get("conditions") or [], now=now_dt(self.adapters.clock)
+        )
+        status["phase"] = compute_phase(facts)
+        status["hostsSummary"] = f"{facts.hosts_configured}/{facts.hosts_total}"
+        state.facts = facts
+        return status
+
+    async def publish(self, obj: Mapping[str, Any], state: ResourceState, facts: Facts, **parts: Any) -> None:
+        old = dict(state.status)
+        new = self.build(state, facts, **parts)
+        if await self.write(obj, state, new):
+            self._emit_transitions(obj, old, new)
+
+    def _emit_transitions(
+        self, obj: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        before = {c["type"]: c for c in old.get("conditions") or []}
+        for cond in new.get("conditions") or []:
+            prev = before.get(cond["type"])
+            if cond["type"] not in EVENT_CONDITIONS:
+                continue
+            if prev is not None and prev.get("status") == cond["status"]:
+                continue
+            if prev is None and cond["status"] != "True":
+                continue
+            bad = (cond["type"] == "Stalled") == (cond["status"] == "True")
+            self.adapters.events(
+                obj, "Warning" if bad else "Normal", cond["reason"], f"{cond['type']}: {cond['message']}"
+            )
+
+    # ------------------------------------------------------------------------------------------ facts
+
+    def facts(
+        self,
+        state: ResourceState,
+        spec: EdxRemoteCacheSpec,
+        generation: int,
+        cloud: CloudOutcome,
+        hosts: Sequence[HostPushResult],
+        *,
+        paused: bool,
+    ) -> Facts:
+        """What one full pass found: instances, security group, hosts and the last probe."""
+        desired = cloud.desired
+        ours = [i for i in cloud.observed.instances if desired.owner.owns(i.tag_map)]
+        running = [i for i in ours if i.state == "running"]
+        group = next((g for g in cloud.observed.security_groups if desired.owner.owns(g.tag_map)), None)
+        sg_actions = [
+            a
+            for a in cloud.plan.actions
+            if isinstance(a, CreateSecurityGroup | AuthorizeIngress | RevokeIngress)
+        ]
+        problems = tuple(
+            f"{h.instance_id}: {h.state} ({h.message})"
+            for h in hosts
+            if h.state not in ("Configured", "Pending")
+        )
+        return Facts(
+            generation=generation,
+            paused=paused,
+            instances_desired=spec.instance.replicas,
+            instances_running=min(len(running), spec.instance.replicas),
+            instance_message="; ".join(cloud.plan.notes),
+            security_group_ready=(group is not None and not sg_actions) if group or sg_actions else None,
+            hosts_total=len(hosts),
+            hosts_configured=sum(1 for h in hosts if h.state == "Configured"),
+            host_problems=problems,
+            converging=bool(cloud.plan.actions),
+            healing=state.healing,
+            **self.probe_facts(state, spec),
+        )
+
+    def probe_facts(self, state: ResourceState, spec: EdxRemoteCacheSpec) -> dict[str, Any]:
+        """CacheHealthy's inputs: unhealthy after failureThreshold failures (at once when refused)."""
+        results = state.last_probe
+        if not results:
+            return {"cache_healthy": None, "cache_message": ""}
+        bad = [r for r in results if not r.healthy]
+        threshold = spec.probe.failure_threshold
+        if bad and (state.consecutive_failures >= threshold or any(r.error_kind == "refused" for r in bad)):
+            message = "; ".join(f"{r.endpoint}: {r.error_kind} ({r.error})" for r in bad)
+            return {"cache_healthy": False, "cache_message": message}
+        times = Progress.of(state.status).times
+        cold = bool(times) and self.adapters.clock() - max(times) < COLD_CACHE_SECONDS
+        return {
+            "cache_healthy": True,
+            "cache_message": f"{len(results)} endpoint(s) answer",
+            "cold_cache": cold,
+        }
+
+    def cloud_parts(
+        self,
+        cloud: CloudOutcome,
+        spec: EdxRemoteCacheSpec,
+        hosts: Sequence[HostPushResult],
+        state: ResourceState,
+    ) -> dict[str, Any]:
+        """The status keys a full pass owns: instances, security group, endpoints, hosts, progress."""
+        desired = cloud.desired
+        ours = sorted(
+            (i for i in cloud.observed.instances if desired.owner.owns(i.tag_map)),
+            key=lambda i: (i.index if i.index is not None else 99, i.instance_id),
+        )
+        group = next((g for g in cloud.observed.security_groups if desired.owner.owns(g.tag_map)), None)
+        return {
+            "instances": [
+                {"id": i.instance_id, "state": i.state, "privateIp": i.private_ip, "type": i.instance_type}
+                for i in ours
+            ],
+            "securityGroupId": group.group_id if group else None,
+            "endpoints": list(cloud.endpoints),
+            "hosts": [h.to_status() for h in hosts],
+            "region": spec.region,
+            "progress": progress_status(cloud.launches, cloud.replacements, Progress.of(state.status).times),
+        }
+
+    def health(self, state: ResourceState, results: Sequence[ProbeResult]) -> dict[str, Any] | None:
+        """`status.health` from the worst endpoint of the last probe round."""
+        if not results:
+            return None
+        worst = next((r for r in results if not r.healthy), results[0])
+        return health_status(
+            worst,
+            now=now_dt(self.adapters.clock),
+            consecutive_failures=state.consecutive_failures,
+            previous=state.status.get("health"),
+        )
+
+
+def settled(status: Mapping[str, Any]) -> dict[str, Any]:
+    """``status`` without the probe figures that are refreshed only with the heartbeat (HEALTH_FIGURES)."""
+    health = status.get("health")
+    if not isinstance(health, Mapping):
+        return dict(status)
+    return {**status, "health": {k: v for k, v in health.items() if k not in HEALTH_FIGURES}}
+
+
+def steady(health: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """`status.health` as the write decision sees it: without heartbeat fields, probe figures and nulls."""
+    if health is None:
+        return None
+    skip = {path[1] for path in HEARTBEAT_FIELDS if path[0] == "health"} | set(HEALTH_FIGURES)
+    return {k: v for k, v in health.items() if v is not None and k not in skip}

@@ -1,0 +1,329 @@
+"""In-memory stand-ins for every adapter the reconciler is handed: fast, deterministic, no sandbox.
+
+`FakeCloud` keeps EC2 as a list of `ObservedInstance`s and one security group, and carries out a plan's actions
+on it the way the boto3 adapter would (only the actions a reconcile of these tests produces). Everything that
+reaches the outside world is appended to one `journal`, so a test can assert the order of effects (hosts
+reverted before instances terminate) as well as their count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from edx_remote_cache import OWNER_UID_TAG
+from edx_remote_cache.adapters.aws import ImageInfo
+from edx_remote_cache.adapters.host_push import HostPushResult
+from edx_remote_cache.adapters.metrics import Metrics
+from edx_remote_cache.adapters.probe import ProbeResult
+from edx_remote_cache.domain import cloud_plan as cp
+from edx_remote_cache.reconciler.state import Adapters
+
+REGION = "us-east-1"
+SUBNET = "subnet-0123456789abcdef0"
+VPC = "vpc-0fake"
+EDX_GROUP = "sg-0edx"
+EDX_HOSTS = ("i-0aaaaaaaaaaaaaaa1", "i-0aaaaaaaaaaaaaaa2")
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclasses.dataclass
+class CommandResult:
+    ok: bool = True
+    status: str = "Success"
+
+
+class FakeSsm:
+    """SSM as the healing ladder uses it: agent ping status and one script run per call."""
+
+    def __init__(self, journal: list[tuple[str, ...]]) -> None:
+        self.journal = journal
+        self.ping: dict[str, str] = {}
+        self.script_ok = True
+
+    def ping_statuses(self, instance_ids: Sequence[str]) -> dict[str, str]:
+        return {i: self.ping.get(i, "Online") for i in instance_ids}
+
+    def run_script(
+        self, instance_id: str, script: str, *, timeout: float = 60, comment: str = ""
+    ) -> CommandResult:
+        self.journal.append(("ssm", instance_id, script.strip()))
+        return CommandResult(ok=self.script_ok, status="Success" if self.script_ok else "Failed")
+
+
+class FakeObserver:
+    def __init__(self, cloud: FakeCloud) -> None:
+        self.cloud = cloud
+        self.invalidations = 0
+        self.fetched_at: float | None = None
+
+    def observe(self, owner: cp.Owner, *, adopt_instance_ids: Sequence[str] = ()) -> cp.ObservedCloud:
+        return self.cloud.observed()
+
+    def invalidate(self, owner: cp.Owner | None = None) -> None:
+        self.invalidations += 1
+
+
+class FakeLookups:
+    def image(self, *, ami: str | None, ami_parameter: str) -> ImageInfo:
+        return ImageInfo(image_id=ami or "ami-0fake", root_device_name="/dev/sda1")
+
+    def vpc_id(self, subnet_id: str) -> str:
+        return VPC
+
+
+class FakeEdxHosts:
+    def hosts(self, *, instance_ids: Sequence[str], selector: Any = None) -> list[cp.EdxHost]:
+        return [
+            cp.EdxHost(i, f"10.0.1.{n + 10}", (EDX_GROUP,), "running") for n, i in enumerate(instance_ids)
+        ]
+
+
+class FakeDrift:
+    def expect(self, expected: Mapping[str, Mapping[str, str]]) -> None:
+        pass
+
+    def due(self) -> bool:
+        return False
+
+    def refresh(self) -> None:
+        pass
+
+    def reports(self, expected: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+        return {}
+
+
+class FakeStatus:
+    """The status subresource: merge-patches applied to one dict per object, every patch kept."""
+
+    def __init__(self, journal: list[tuple[str, ...]]) -> None:
+        self.journal = journal
+        self.patches: list[dict[str, Any]] = []
+        self.current: dict[str, Any] = {}
+
+    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        self.patches.append(dict(status))
+        self.journal.append(("status", name))
+        for key, value in status.items():
+            if value is None:
+                self.current.pop(key, None)
+            else:
+                self.current[key] = value
+
+    def condition(self, ctype: str) -> dict[str, Any]:
+        return next((c for c in self.current.get("conditions") or [] if c["type"] == ctype), {})
+
+
+class FakeCloud:
+    """EC2 for one owner: instances and a security group, changed by `act` like the real adapter would."""
+
+    def __init__(self, journal: list[tuple[str, ...]]) -> None:
+        self.journal = journal
+        self.instances: list[cp.ObservedInstance] = []
+        self.groups: list[cp.ObservedSecurityGroup] = []
+        self._ids = itertools.count(1)
+
+    def observed(self) -> cp.ObservedCloud:
+        live = tuple(i for i in self.instances if i.state not in cp.GONE_STATES)
+        gone = tuple(i.client_token for i in self.instances if i.state in cp.GONE_STATES)
+        return cp.ObservedCloud(instances=live, security_groups=tuple(self.groups), gone_tokens=gone)
+
+    def set_state(self, instance_id: str, state: str) -> None:
+        self.instances = [dataclasses.replace(i, state=state) if i.instance_id == instance_id else i
+                          for i in self.instances]  # fmt: skip
+
+    def running(self) -> list[cp.ObservedInstance]:
+        return [i for i in self.instances if i.state == "running"]
+
+    def act(self, plan: cp.Plan, *, clients: Any = None, ssm_runner: Any = None) -> cp.ActResult:
+        launched: dict[str, str] = {}
+        generations: dict[int, int] = {}
+        terminated: list[str] = []
+        started: list[str] = []
+        created: str | None = None
+        mutations = 0
+        for action in plan.mutating:
+            mutations += 1
+            self.journal.append(("aws", type(action).__name__))
+            match action:
+                case cp.CreateSecurityGroup():
+                    created = f"sg-0{next(self._ids)}"
+                    self.groups.append(cp.ObservedSecurityGroup(created, action.name, VPC, action.tags, ()))
+                case cp.AuthorizeIngress():
+                    gid = action.group_id or created
+                    self.groups = [
+                        dataclasses.replace(g, ingress=g.ingress + tuple(cp.ObservedRule(r, f"sgr-{next(self._ids)}")
+                                                                         for r in action.rules))
+                        if g.group_id == gid else g for g in self.groups
+                    ]  # fmt: skip
+                case cp.RunInstance():
+                    n = next(self._ids)
+                    iid = f"i-0c{n:015x}"
+                    gid = action.group_id or created or ""
+                    self.instances.append(
+                        cp.ObservedInstance(
+                            iid, "running", action.instance_type, action.tags, subnet_id=action.subnet_id,
+                            vpc_id=VPC, private_ip=f"10.0.0.{n}", image_id=action.image_id,
+                            security_group_ids=(gid,), network_interface_id=f"eni-{n}",
+                            client_token=action.client_token, metadata_http_tokens="required",
+                        )
+                    )  # fmt: skip
+                    launched[action.client_token] = iid
+                    generations[action.index] = action.generation
+                case cp.TerminateInstance():
+                    self.set_state(action.instance_id, "terminated")
+                    terminated.append(action.instance_id)
+                case cp.StartInstance():
+                    self.set_state(action.instance_id, "running")
+                    started.append(action.instance_id)
+                case cp.DeleteSecurityGroup():
+                    self.groups = [g for g in self.groups if g.group_id != action.group_id]
+                case cp.TagResources() | cp.HardenMetadata():
+                    pass
+                case _:
+                    raise AssertionError(f"the fake cloud does not do {action!r}")
+        return cp.ActResult(
+            launched=launched, generations=generations, created_group_id=created, started=tuple(started),
+            terminated=tuple(terminated), mutations=mutations,
+        )  # fmt: skip
+
+
+class FakeHosts:
+    """The host push and revert: every host ends Configured unless told otherwise."""
+
+    def __init__(self, journal: list[tuple[str, ...]]) -> None:
+        self.journal = journal
+        self.fail: dict[str, str] = {}  # instance id -> the state its pushes end in
+        self.pushes: list[tuple[str, tuple[str, ...]]] = []
+
+    def push_hosts(self, *, hosts: Sequence[str], endpoints: Sequence[str], **_: Any) -> list[HostPushResult]:
+        out = []
+        for host in hosts:
+            self.pushes.append((host, tuple(endpoints)))
+            self.journal.append(("push", host, ",".join(endpoints)))
+            state = self.fail.get(host, "Configured")
+            out.append(HostPushResult(host, state, files=(("/edx/etc/lms.yml", "sha"),),  # type: ignore[arg-type]
+                                      time=datetime.now(UTC), message=state.lower()))  # fmt: skip
+        return out
+
+    def revert_hosts(self, *, hosts: Sequence[str], **_: Any) -> list[HostPushResult]:
+        for host in hosts:
+            self.journal.append(("revert", host))
+        return [HostPushResult(h, "Configured", message="reverted") for h in hosts]
+
+
+class FakeMemcached:
+    """Probe results per endpoint: healthy unless an endpoint is marked down."""
+
+    def __init__(self) -> None:
+        self.down: dict[str, str] = {}  # endpoint -> error kind
+        self.rounds = 0
+
+    async def probe_all(self, targets: Sequence[str], **_: Any) -> list[ProbeResult]:
+        self.rounds += 1
+        out = []
+        for endpoint in targets:
+            kind = self.down.get(endpoint)
+            if kind:
+                out.append(ProbeResult(endpoint, reachable=False, error_kind=kind, error=f"{kind} (fake)"))
+            else:
+                out.append(ProbeResult(endpoint, reachable=True, canary_ok=True, latency_ms=1.0, version="1.6",
+                                       get_hits=1, get_misses=0))  # fmt: skip
+        return out
+
+
+@dataclasses.dataclass
+class World:
+    """Everything a test can look at or break, plus the `Adapters` built on it."""
+
+    journal: list[tuple[str, ...]]
+    clock: Clock
+    cloud: FakeCloud
+    observer: FakeObserver
+    ssm: FakeSsm
+    status: FakeStatus
+    hosts: FakeHosts
+    memcached: FakeMemcached
+    events: list[tuple[str, str, str]]
+    adapters: Adapters
+
+    def reasons(self) -> list[str]:
+        return [reason for _, reason, _ in self.events]
+
+    def aws(self) -> list[str]:
+        return [entry[1] for entry in self.journal if entry[0] == "aws"]
+
+
+def world() -> World:
+    journal: list[tuple[str, ...]] = []
+    clock = Clock()
+    cloud = FakeCloud(journal)
+    observer = FakeObserver(cloud)
+    ssm = FakeSsm(journal)
+    status = FakeStatus(journal)
+    hosts = FakeHosts(journal)
+    memcached = FakeMemcached()
+    events: list[tuple[str, str, str]] = []
+    lookups, edx, drift = FakeLookups(), FakeEdxHosts(), FakeDrift()
+
+    def record_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        events.append((type_, reason, message))
+
+    adapters = Adapters(
+        clients=lambda region: None,  # type: ignore[arg-type,return-value]
+        observer=lambda region, ttl: observer,  # type: ignore[arg-type,return-value]
+        edx_hosts=lambda region, ttl: edx,  # type: ignore[arg-type,return-value]
+        lookups=lambda region: lookups,  # type: ignore[arg-type,return-value]
+        ssm=lambda region: ssm,  # type: ignore[arg-type,return-value]
+        host_drift=lambda region, ttl: drift,  # type: ignore[arg-type,return-value]
+        status=status,
+        resolver=None,  # type: ignore[arg-type]
+        events=record_event,
+        metrics=Metrics(CollectorRegistry()),
+        clock=clock,
+        act=cloud.act,
+        push_hosts=hosts.push_hosts,
+        revert_hosts=hosts.revert_hosts,
+        probe_all=memcached.probe_all,
+    )
+    return World(journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters)
+
+
+def cache(name: str = "site", *, uid: str = "uid-1", generation: int = 1, **spec: Any) -> dict[str, Any]:
+    """An EdxRemoteCache as the API hands it to the operator (camelCase spec keys merged in)."""
+    body: dict[str, Any] = {
+        "region": REGION,
+        "instance": {"subnetId": SUBNET},
+        "openedx": {"hosts": list(EDX_HOSTS)},
+        "probe": {"intervalSeconds": 1, "timeoutSeconds": 0.5, "failureThreshold": 2},
+        "driftIntervalSeconds": 5,
+    }
+    for key, value in spec.items():
+        body[key] = (
+            {**body[key], **value} if isinstance(value, dict) and isinstance(body.get(key), dict) else value
+        )
+    return {
+        "apiVersion": "edx-remote-cache.openedx.org/v1alpha1",
+        "kind": "EdxRemoteCache",
+        "metadata": {"name": name, "namespace": "default", "uid": uid, "generation": generation},
+        "spec": body,
+    }
+
+
+def owned_by(instance: cp.ObservedInstance, uid: str) -> bool:
+    return instance.tag_map.get(OWNER_UID_TAG) == uid

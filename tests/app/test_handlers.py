@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from edx_remote_cache.app.handlers import _daemon_view
+from edx_remote_cache.app.daemon import daemon_view
 from edx_remote_cache.reconciler.reconciler import Reconciler
 
 OBJ: dict[str, Any] = {
@@ -30,14 +30,14 @@ OBJ: dict[str, Any] = {
 def test_the_view_carries_identity_pause_and_spec_and_the_status_only_until_the_state_is_held() -> None:
     reconciler = Reconciler(adapters=None)  # type: ignore[arg-type]  # the view needs no outside system
     body = kopf.Body(copy.deepcopy(OBJ))
-    first = _daemon_view(body, reconciler)
+    first = daemon_view(body, reconciler)
     assert first["metadata"]["uid"] == OBJ["metadata"]["uid"] and first["metadata"]["generation"] == 3
     assert first["metadata"]["annotations"] == OBJ["metadata"]["annotations"]
     assert first["spec"] == OBJ["spec"] and "managedFields" not in first["metadata"]
     # first sight (e.g. right after an operator restart): the status is what the state is rebuilt from
     assert first["status"] == OBJ["status"]
     assert reconciler.state(first).status["progress"] == OBJ["status"]["progress"]
-    later = _daemon_view(body, reconciler)
+    later = daemon_view(body, reconciler)
     assert "status" not in later, "the reconciler keeps its own status once it holds the state"
     later["spec"]["region"] = "eu-west-1"
     assert body["spec"]["region"] == "us-east-1", "the view is a copy: nothing writes through to kopf's body"

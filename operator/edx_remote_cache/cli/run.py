@@ -46,15 +46,18 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from edx_remote_cache.app import handlers
+    from edx_remote_cache.app.settings import Settings
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers.OPTIONS.update(
-        metrics_port=args.metrics_port,
-        metrics_addr=args.metrics_addr,
-        peering_lifetime=args.peering_lifetime,
+    handlers.configure(
+        Settings(
+            metrics_port=args.metrics_port,
+            metrics_addr=args.metrics_addr,
+            peering_lifetime=args.peering_lifetime,
+        )
     )
     peering = args.peering or os.environ.get("EDX_REMOTE_CACHE_PEERING")
     kopf.run(

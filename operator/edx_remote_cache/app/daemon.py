@@ -1,0 +1,64 @@
+"""The per-object daemon: probe every probe.intervalSeconds, heal when needed, drift pass when due."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from edx_remote_cache.reconciler.reconciler import Reconciler, RequeueError
+
+log = logging.getLogger(__name__)
+
+_VIEW_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+
+
+def daemon_view(body: kopf.Body, reconciler: Reconciler) -> dict[str, Any]:
+    """What one probe round needs of the object: identity, annotations (pause) and spec (healing reconciles).
+
+    A full deep copy every round was ~6 % of the operator's CPU at 500 resources. The status is only copied
+    the first time: afterwards the reconciler keeps its own (it writes it).
+    """
+    meta = body.get("metadata") or {}
+    view: dict[str, Any] = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in _VIEW_METADATA if k in meta}
+        | {"annotations": dict(meta.get("annotations") or {}), "labels": dict(meta.get("labels") or {})},
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+    }
+    if not reconciler.knows(view):
+        view["status"] = copy.deepcopy(dict(body.get("status") or {}))
+    return view
+
+
+async def run_daemon(body: kopf.Body, reconciler: Reconciler, stopped: kopf.DaemonStopped) -> None:
+    """Rounds until the object is deleted or the operator stops; no single failure ends the loop."""
+    last_drift = time.monotonic()
+    while not stopped:
+        obj = daemon_view(body, reconciler)
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        spec = reconciler.state(obj).spec
+        interval = spec.probe.interval_seconds if spec else 0.5  # no spec yet: the first reconcile is due
+        try:
+            results = await reconciler.probe_once(obj)
+            failing = [r for r in results if not r.healthy]
+            if spec is not None and failing:
+                # A failing cache is re-checked at once so failureThreshold probes take ~threshold x timeout, not
+                # threshold x interval: a timeout has already cost its wait; anything else waits one timeout.
+                timed_out = all(r.error_kind == "timeout" for r in failing)
+                interval = 0.0 if timed_out else min(interval, spec.probe.timeout_seconds)
+            await reconciler.heal(obj)
+            if spec is not None and reconciler.drift_due(obj, last_drift):
+                last_drift = time.monotonic()
+                try:
+                    await reconciler.reconcile(obj, trigger="drift")
+                except RequeueError:
+                    last_drift = time.monotonic() - spec.drift_interval_seconds + 2  # come back soon
+        except Exception:  # the daemon must outlive any one failure; the next round retries
+            log.exception("probe/heal/drift round failed for %s", obj["metadata"].get("name"))
+        await stopped.wait(interval)

@@ -30,7 +30,7 @@ from edx_remote_cache.adapters.aws import (
     observe_region,
 )
 from edx_remote_cache.adapters.ssm import SsmError
-from edx_remote_cache.domain.cloud_plan import (
+from edx_remote_cache.domain.cloud.diff import (
     CONFIG_HASH_TAG,
     GENERATION_TAG,
     INDEX_TAG,
@@ -455,7 +455,7 @@ def test_instance_type_change_stops_modifies_and_starts_the_same_instance(world:
 @pytest.mark.timeout(60)
 def test_modify_type_while_running_is_a_retryable_error(world: World) -> None:
     _needs_strict(world, "IncorrectInstanceState on a running instance")
-    from edx_remote_cache.domain.cloud_plan import ModifyInstanceType
+    from edx_remote_cache.domain.cloud.diff import ModifyInstanceType
 
     world.reconcile(world.spec())
     (inst,) = world.instances()
@@ -563,7 +563,7 @@ def test_delete_terminates_then_deletes_the_group(world: World) -> None:
 @pytest.mark.timeout(60)
 def test_delete_of_a_group_still_in_use_is_retryable(world: World) -> None:
     _needs_strict(world, "DependencyViolation on DeleteSecurityGroup")
-    from edx_remote_cache.domain.cloud_plan import DeleteSecurityGroup
+    from edx_remote_cache.domain.cloud.diff import DeleteSecurityGroup
 
     world.reconcile(world.spec())
     with pytest.raises(RetryableAwsError) as caught:

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edx_remote_cache import OWNER_TAG, OWNER_UID_TAG
-from edx_remote_cache.domain.cloud_plan import (
+from edx_remote_cache.domain.cloud.diff import (
     ADOPTED_TAG,
     CONFIG_HASH_TAG,
     GENERATION_TAG,
@@ -639,7 +639,7 @@ def test_group_by_owner_drops_terminated_and_lists_shutting_down_as_departing() 
 
 
 def test_edx_security_groups_skip_gone_hosts() -> None:
-    from edx_remote_cache.domain.cloud_plan import EdxHost
+    from edx_remote_cache.domain.cloud.diff import EdxHost
 
     hosts = [
         EdxHost("i-1", "10.0.0.1", ("sg-b", "sg-a"), "running"),

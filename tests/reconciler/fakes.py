@@ -21,7 +21,7 @@ from edx_remote_cache.adapters.aws import ImageInfo
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
 from edx_remote_cache.adapters.probe import ProbeResult
-from edx_remote_cache.domain import cloud_plan as cp
+from edx_remote_cache.domain.cloud import diff as cp
 from edx_remote_cache.reconciler.state import Adapters
 
 REGION = "us-east-1"

@@ -20,7 +20,7 @@ from botocore.config import Config
 
 from edx_remote_cache import OWNER_TAG
 from edx_remote_cache.adapters.ssm import SsmError
-from edx_remote_cache.domain.cloud_plan import (
+from edx_remote_cache.domain.cloud.diff import (
     CONFIG_HASH_TAG,
     GONE_STATES,
     Action,

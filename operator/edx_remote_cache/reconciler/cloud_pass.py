@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edx_remote_cache.adapters.aws import RetryableAwsError, TerminalAwsError
-from edx_remote_cache.domain.cloud_plan import (
+from edx_remote_cache.domain.cloud.diff import (
     ActResult,
     AuthorizeIngress,
     CreateSecurityGroup,

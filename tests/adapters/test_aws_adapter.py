@@ -30,26 +30,25 @@ from edx_remote_cache.adapters.aws import (
     observe_region,
 )
 from edx_remote_cache.adapters.ssm import SsmError
-from edx_remote_cache.domain.cloud.diff import (
-    CONFIG_HASH_TAG,
-    GENERATION_TAG,
-    INDEX_TAG,
+from edx_remote_cache.domain.cloud.actions import (
     ActResult,
-    DesiredCacheHost,
-    ObservedCloud,
-    Owner,
     Plan,
     RunInstance,
     WaitFor,
-    client_token,
-    desired_from_spec,
-    diff,
-    edx_security_groups,
-    endpoints,
     record_launches,
     record_replacements,
-    teardown_plan,
 )
+from edx_remote_cache.domain.cloud.desired import DesiredCacheHost, client_token, desired_from_spec
+from edx_remote_cache.domain.cloud.diff import diff, endpoints
+from edx_remote_cache.domain.cloud.model import (
+    CONFIG_HASH_TAG,
+    GENERATION_TAG,
+    INDEX_TAG,
+    ObservedCloud,
+    Owner,
+)
+from edx_remote_cache.domain.cloud.normalize import edx_security_groups
+from edx_remote_cache.domain.cloud.teardown import teardown_plan
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec, parse_spec
 from moto_server import AwsTestServer, aws_test_server
 
@@ -455,7 +454,7 @@ def test_instance_type_change_stops_modifies_and_starts_the_same_instance(world:
 @pytest.mark.timeout(60)
 def test_modify_type_while_running_is_a_retryable_error(world: World) -> None:
     _needs_strict(world, "IncorrectInstanceState on a running instance")
-    from edx_remote_cache.domain.cloud.diff import ModifyInstanceType
+    from edx_remote_cache.domain.cloud.actions import ModifyInstanceType
 
     world.reconcile(world.spec())
     (inst,) = world.instances()
@@ -563,7 +562,7 @@ def test_delete_terminates_then_deletes_the_group(world: World) -> None:
 @pytest.mark.timeout(60)
 def test_delete_of_a_group_still_in_use_is_retryable(world: World) -> None:
     _needs_strict(world, "DependencyViolation on DeleteSecurityGroup")
-    from edx_remote_cache.domain.cloud.diff import DeleteSecurityGroup
+    from edx_remote_cache.domain.cloud.actions import DeleteSecurityGroup
 
     world.reconcile(world.spec())
     with pytest.raises(RetryableAwsError) as caught:

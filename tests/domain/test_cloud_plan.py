@@ -12,28 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edx_remote_cache import OWNER_TAG, OWNER_UID_TAG
-from edx_remote_cache.domain.cloud.diff import (
-    ADOPTED_TAG,
-    CONFIG_HASH_TAG,
-    GENERATION_TAG,
-    INDEX_TAG,
-    LAUNCH_GRACE_SECONDS,
-    NAME_TAG,
+from edx_remote_cache.domain.cloud.actions import (
     ActResult,
     AttachSecurityGroup,
     AuthorizeIngress,
     CreateSecurityGroup,
     DeleteSecurityGroup,
-    DesiredCacheHost,
     DetachSecurityGroup,
     HardenMetadata,
-    IngressRule,
     ModifyInstanceType,
-    ObservedCloud,
-    ObservedInstance,
-    ObservedRule,
-    ObservedSecurityGroup,
-    Owner,
     Plan,
     ReconfigureMemcached,
     RevokeIngress,
@@ -44,19 +31,33 @@ from edx_remote_cache.domain.cloud.diff import (
     TerminateInstance,
     UntagResources,
     WaitFor,
-    client_token,
-    desired_from_spec,
-    diff,
-    edx_security_groups,
-    endpoints,
-    group_by_owner,
-    normalize_instance,
     prune_launches,
     record_launches,
     record_replacements,
-    rules_from_ip_permissions,
-    teardown_plan,
 )
+from edx_remote_cache.domain.cloud.desired import DesiredCacheHost, client_token, desired_from_spec
+from edx_remote_cache.domain.cloud.diff import diff, endpoints
+from edx_remote_cache.domain.cloud.model import (
+    ADOPTED_TAG,
+    CONFIG_HASH_TAG,
+    GENERATION_TAG,
+    INDEX_TAG,
+    LAUNCH_GRACE_SECONDS,
+    NAME_TAG,
+    IngressRule,
+    ObservedCloud,
+    ObservedInstance,
+    ObservedRule,
+    ObservedSecurityGroup,
+    Owner,
+)
+from edx_remote_cache.domain.cloud.normalize import (
+    edx_security_groups,
+    group_by_owner,
+    normalize_instance,
+    rules_from_ip_permissions,
+)
+from edx_remote_cache.domain.cloud.teardown import teardown_plan
 from edx_remote_cache.domain.spec import parse_spec
 
 pytestmark = pytest.mark.timeout(30)
@@ -639,7 +640,7 @@ def test_group_by_owner_drops_terminated_and_lists_shutting_down_as_departing() 
 
 
 def test_edx_security_groups_skip_gone_hosts() -> None:
-    from edx_remote_cache.domain.cloud.diff import EdxHost
+    from edx_remote_cache.domain.cloud.model import EdxHost
 
     hosts = [
         EdxHost("i-1", "10.0.0.1", ("sg-b", "sg-a"), "running"),

@@ -21,7 +21,7 @@ from edx_remote_cache.adapters.aws import ImageInfo
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
 from edx_remote_cache.adapters.probe import ProbeResult
-from edx_remote_cache.domain.cloud import diff as cp
+from edx_remote_cache.domain.cloud import actions, model
 from edx_remote_cache.reconciler.state import Adapters
 
 REGION = "us-east-1"
@@ -72,10 +72,10 @@ class FakeObserver:
         self.invalidations = 0
         self.fetched_at: float | None = None
 
-    def observe(self, owner: cp.Owner, *, adopt_instance_ids: Sequence[str] = ()) -> cp.ObservedCloud:
+    def observe(self, owner: model.Owner, *, adopt_instance_ids: Sequence[str] = ()) -> model.ObservedCloud:
         return self.cloud.observed()
 
-    def invalidate(self, owner: cp.Owner | None = None) -> None:
+    def invalidate(self, owner: model.Owner | None = None) -> None:
         self.invalidations += 1
 
 
@@ -88,9 +88,9 @@ class FakeLookups:
 
 
 class FakeEdxHosts:
-    def hosts(self, *, instance_ids: Sequence[str], selector: Any = None) -> list[cp.EdxHost]:
+    def hosts(self, *, instance_ids: Sequence[str], selector: Any = None) -> list[model.EdxHost]:
         return [
-            cp.EdxHost(i, f"10.0.1.{n + 10}", (EDX_GROUP,), "running") for n, i in enumerate(instance_ids)
+            model.EdxHost(i, f"10.0.1.{n + 10}", (EDX_GROUP,), "running") for n, i in enumerate(instance_ids)
         ]
 
 
@@ -134,23 +134,23 @@ class FakeCloud:
 
     def __init__(self, journal: list[tuple[str, ...]]) -> None:
         self.journal = journal
-        self.instances: list[cp.ObservedInstance] = []
-        self.groups: list[cp.ObservedSecurityGroup] = []
+        self.instances: list[model.ObservedInstance] = []
+        self.groups: list[model.ObservedSecurityGroup] = []
         self._ids = itertools.count(1)
 
-    def observed(self) -> cp.ObservedCloud:
-        live = tuple(i for i in self.instances if i.state not in cp.GONE_STATES)
-        gone = tuple(i.client_token for i in self.instances if i.state in cp.GONE_STATES)
-        return cp.ObservedCloud(instances=live, security_groups=tuple(self.groups), gone_tokens=gone)
+    def observed(self) -> model.ObservedCloud:
+        live = tuple(i for i in self.instances if i.state not in model.GONE_STATES)
+        gone = tuple(i.client_token for i in self.instances if i.state in model.GONE_STATES)
+        return model.ObservedCloud(instances=live, security_groups=tuple(self.groups), gone_tokens=gone)
 
     def set_state(self, instance_id: str, state: str) -> None:
         self.instances = [dataclasses.replace(i, state=state) if i.instance_id == instance_id else i
                           for i in self.instances]  # fmt: skip
 
-    def running(self) -> list[cp.ObservedInstance]:
+    def running(self) -> list[model.ObservedInstance]:
         return [i for i in self.instances if i.state == "running"]
 
-    def act(self, plan: cp.Plan, *, clients: Any = None, ssm_runner: Any = None) -> cp.ActResult:
+    def act(self, plan: actions.Plan, *, clients: Any = None, ssm_runner: Any = None) -> actions.ActResult:
         launched: dict[str, str] = {}
         generations: dict[int, int] = {}
         terminated: list[str] = []
@@ -161,22 +161,24 @@ class FakeCloud:
             mutations += 1
             self.journal.append(("aws", type(action).__name__))
             match action:
-                case cp.CreateSecurityGroup():
+                case actions.CreateSecurityGroup():
                     created = f"sg-0{next(self._ids)}"
-                    self.groups.append(cp.ObservedSecurityGroup(created, action.name, VPC, action.tags, ()))
-                case cp.AuthorizeIngress():
+                    self.groups.append(
+                        model.ObservedSecurityGroup(created, action.name, VPC, action.tags, ())
+                    )
+                case actions.AuthorizeIngress():
                     gid = action.group_id or created
                     self.groups = [
-                        dataclasses.replace(g, ingress=g.ingress + tuple(cp.ObservedRule(r, f"sgr-{next(self._ids)}")
+                        dataclasses.replace(g, ingress=g.ingress + tuple(model.ObservedRule(r, f"sgr-{next(self._ids)}")
                                                                          for r in action.rules))
                         if g.group_id == gid else g for g in self.groups
                     ]  # fmt: skip
-                case cp.RunInstance():
+                case actions.RunInstance():
                     n = next(self._ids)
                     iid = f"i-0c{n:015x}"
                     gid = action.group_id or created or ""
                     self.instances.append(
-                        cp.ObservedInstance(
+                        model.ObservedInstance(
                             iid, "running", action.instance_type, action.tags, subnet_id=action.subnet_id,
                             vpc_id=VPC, private_ip=f"10.0.0.{n}", image_id=action.image_id,
                             security_group_ids=(gid,), network_interface_id=f"eni-{n}",
@@ -185,19 +187,19 @@ class FakeCloud:
                     )  # fmt: skip
                     launched[action.client_token] = iid
                     generations[action.index] = action.generation
-                case cp.TerminateInstance():
+                case actions.TerminateInstance():
                     self.set_state(action.instance_id, "terminated")
                     terminated.append(action.instance_id)
-                case cp.StartInstance():
+                case actions.StartInstance():
                     self.set_state(action.instance_id, "running")
                     started.append(action.instance_id)
-                case cp.DeleteSecurityGroup():
+                case actions.DeleteSecurityGroup():
                     self.groups = [g for g in self.groups if g.group_id != action.group_id]
-                case cp.TagResources() | cp.HardenMetadata():
+                case actions.TagResources() | actions.HardenMetadata():
                     pass
                 case _:
                     raise AssertionError(f"the fake cloud does not do {action!r}")
-        return cp.ActResult(
+        return actions.ActResult(
             launched=launched, generations=generations, created_group_id=created, started=tuple(started),
             terminated=tuple(terminated), mutations=mutations,
         )  # fmt: skip
@@ -325,5 +327,5 @@ def cache(name: str = "site", *, uid: str = "uid-1", generation: int = 1, **spec
     }
 
 
-def owned_by(instance: cp.ObservedInstance, uid: str) -> bool:
+def owned_by(instance: model.ObservedInstance, uid: str) -> bool:
     return instance.tag_map.get(OWNER_UID_TAG) == uid

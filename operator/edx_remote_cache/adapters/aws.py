@@ -20,9 +20,7 @@ from botocore.config import Config
 
 from edx_remote_cache import OWNER_TAG
 from edx_remote_cache.adapters.ssm import SsmError
-from edx_remote_cache.domain.cloud.diff import (
-    CONFIG_HASH_TAG,
-    GONE_STATES,
+from edx_remote_cache.domain.cloud.actions import (
     Action,
     ActResult,
     AttachSecurityGroup,
@@ -30,13 +28,8 @@ from edx_remote_cache.domain.cloud.diff import (
     CreateSecurityGroup,
     DeleteSecurityGroup,
     DetachSecurityGroup,
-    EdxHost,
     HardenMetadata,
-    IngressRule,
     ModifyInstanceType,
-    ObservedCloud,
-    ObservedRule,
-    Owner,
     Plan,
     ReconfigureMemcached,
     RevokeIngress,
@@ -47,6 +40,17 @@ from edx_remote_cache.domain.cloud.diff import (
     TerminateInstance,
     UntagResources,
     WaitFor,
+)
+from edx_remote_cache.domain.cloud.model import (
+    CONFIG_HASH_TAG,
+    GONE_STATES,
+    EdxHost,
+    IngressRule,
+    ObservedCloud,
+    ObservedRule,
+    Owner,
+)
+from edx_remote_cache.domain.cloud.normalize import (
     edx_host_from_instance,
     group_by_owner,
     normalize_instance,

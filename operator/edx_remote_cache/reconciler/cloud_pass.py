@@ -12,23 +12,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from edx_remote_cache.adapters.aws import RetryableAwsError, TerminalAwsError
-from edx_remote_cache.domain.cloud.diff import (
+from edx_remote_cache.domain.cloud.actions import (
     ActResult,
     AuthorizeIngress,
     CreateSecurityGroup,
-    Owner,
     Plan,
     RevokeIngress,
     RunInstance,
     WaitFor,
-    desired_from_spec,
-    diff,
-    edx_security_groups,
-    endpoints,
     prune_launches,
     record_launches,
     record_replacements,
 )
+from edx_remote_cache.domain.cloud.desired import desired_from_spec
+from edx_remote_cache.domain.cloud.diff import diff, endpoints
+from edx_remote_cache.domain.cloud.model import Owner
+from edx_remote_cache.domain.cloud.normalize import edx_security_groups
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.reconciler.state import (

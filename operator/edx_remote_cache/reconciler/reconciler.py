@@ -19,7 +19,7 @@ from typing import Any
 
 from edx_remote_cache.adapters.aws import RetryableAwsError, TerminalAwsError
 from edx_remote_cache.adapters.probe import ProbeResult
-from edx_remote_cache.domain.cloud.diff import WaitFor
+from edx_remote_cache.domain.cloud.actions import WaitFor
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import SpecError, parse_spec
 from edx_remote_cache.reconciler.cloud_pass import CloudPass

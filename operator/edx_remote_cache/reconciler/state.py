@@ -23,7 +23,9 @@ from edx_remote_cache.adapters.metrics import Metrics
 from edx_remote_cache.adapters.probe import ProbeResult
 from edx_remote_cache.adapters.resolver import AddressResolver
 from edx_remote_cache.adapters.ssm import SsmAdapter
-from edx_remote_cache.domain.cloud.diff import ActResult, DesiredCacheHost, ObservedCloud, Owner, Plan
+from edx_remote_cache.domain.cloud.actions import ActResult, Plan
+from edx_remote_cache.domain.cloud.desired import DesiredCacheHost
+from edx_remote_cache.domain.cloud.model import ObservedCloud, Owner
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 

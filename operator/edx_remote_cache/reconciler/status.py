@@ -12,7 +12,7 @@ from typing import Any
 
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.probe import ProbeResult
-from edx_remote_cache.domain.cloud.diff import AuthorizeIngress, CreateSecurityGroup, RevokeIngress
+from edx_remote_cache.domain.cloud.actions import AuthorizeIngress, CreateSecurityGroup, RevokeIngress
 from edx_remote_cache.domain.conditions import (
     HEARTBEAT_FIELDS,
     Facts,

@@ -15,7 +15,7 @@ from typing import Any
 
 from edx_remote_cache.adapters.aws import RetryableAwsError
 from edx_remote_cache.adapters.host_push import HostPushResult
-from edx_remote_cache.domain.cloud.diff import teardown_plan
+from edx_remote_cache.domain.cloud.teardown import teardown_plan
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.reconciler.cloud_pass import CONVERGE_BUDGET_SECONDS, REOBSERVE_DELAY_SECONDS
 from edx_remote_cache.reconciler.state import Adapters, ObjectRef, RequeueError, ResourceState

@@ -123,9 +123,9 @@ class StatusPublisher:
     ) -> Facts:
         """What one full pass found: instances, security group, hosts and the last probe."""
         desired = cloud.desired
-        ours = [i for i in cloud.observed.instances if desired.owner.owns(i.tag_map)]
+        ours = cloud.observed.owned_instances(desired.owner)
         running = [i for i in ours if i.state == "running"]
-        group = next((g for g in cloud.observed.security_groups if desired.owner.owns(g.tag_map)), None)
+        group = cloud.observed.owned_group(desired.owner)
         sg_actions = [
             a
             for a in cloud.plan.actions
@@ -179,10 +179,10 @@ class StatusPublisher:
         """The status keys a full pass owns: instances, security group, endpoints, hosts, progress."""
         desired = cloud.desired
         ours = sorted(
-            (i for i in cloud.observed.instances if desired.owner.owns(i.tag_map)),
+            cloud.observed.owned_instances(desired.owner),
             key=lambda i: (i.index if i.index is not None else 99, i.instance_id),
         )
-        group = next((g for g in cloud.observed.security_groups if desired.owner.owns(g.tag_map)), None)
+        group = cloud.observed.owned_group(desired.owner)
         return {
             "instances": [
                 {"id": i.instance_id, "state": i.state, "privateIp": i.private_ip, "type": i.instance_type}

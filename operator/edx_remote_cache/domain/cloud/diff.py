@@ -309,13 +309,13 @@ def diff(
     owner = desired.owner
     inputs = _LaunchInputs(launches or {}, frozenset(observed.gone_tokens), now, grace_seconds)
     notes: list[str] = []
-    ours = [i for i in observed.instances if owner.owns(i.tag_map)]
+    ours = observed.owned_instances(owner)
     for other in observed.instances:
         if other.tag(OWNER_TAG) == owner.key and not owner.owns(other.tag_map):
             notes.append(f"{other.instance_id} is tagged for an earlier {owner.key}; not touched")
     candidates = _adoption_candidates(desired, observed, ours, notes)
 
-    group, stale_groups = _pick_group(desired, [g for g in observed.security_groups if owner.owns(g.tag_map)])
+    group, stale_groups = _pick_group(desired, observed.owned_groups(owner))
     group_id = group.group_id if group else None
     actions = _group_actions(desired, group)
     if not desired.ingress:
@@ -392,7 +392,7 @@ def _replacement(
 
 def endpoints(*, desired: DesiredCacheHost, observed: ObservedCloud) -> tuple[str, ...]:
     """`ip:port` of each running replica, ordered by replica index (stable across reconciles)."""
-    ours = [i for i in observed.instances if desired.owner.owns(i.tag_map)]
+    ours = observed.owned_instances(desired.owner)
     candidates = {i.instance_id: i for i in ours}
     slots = _assign_slots(desired, ours, candidates)
     return tuple(

@@ -177,6 +177,16 @@ class ObservedCloud:
     departing: tuple[str, ...] = ()
     gone_tokens: tuple[str, ...] = ()
 
+    def owned_instances(self, owner: Owner) -> list[ObservedInstance]:
+        """The instances tagged with this owner's name *and* uid (an adoption candidate is not one yet)."""
+        return [i for i in self.instances if owner.owns(i.tag_map)]
+
+    def owned_groups(self, owner: Owner) -> list[ObservedSecurityGroup]:
+        return [g for g in self.security_groups if owner.owns(g.tag_map)]
+
+    def owned_group(self, owner: Owner) -> ObservedSecurityGroup | None:
+        return next(iter(self.owned_groups(owner)), None)
+
 
 # --- Open edX hosts -----------------------------------------------------------------------------------------
 

@@ -32,8 +32,8 @@ def teardown_plan(*, observed: ObservedCloud, owner: Owner, policy: DeletionPoli
     is retryable while interfaces detach). Adopted hosts are released, never destroyed: our group comes off
     and our tags go. Retain: only the ownership tags go; AWS is otherwise untouched.
     """
-    ours = [i for i in observed.instances if owner.owns(i.tag_map)]
-    groups = [g for g in observed.security_groups if owner.owns(g.tag_map)]
+    ours = observed.owned_instances(owner)
+    groups = observed.owned_groups(owner)
     ownership = (OWNER_TAG, OWNER_UID_TAG)
     if policy == "Retain":
         ids = tuple(i.instance_id for i in ours) + tuple(v for i in ours for v in i.volume_ids)

@@ -9,6 +9,8 @@ from typing import Any
 
 import jsonschema
 
+from edx_remote_cache.domain import crd
+
 from .errors import FieldError, go_value
 
 
@@ -24,33 +26,6 @@ def _json_type(value: Any) -> str:
     if isinstance(value, str):
         return "string"
     return "array" if isinstance(value, list) else "object"
-
-
-def _to_jsonschema(node: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAPI v3 (structural) → JSON Schema 2020-12; defaults and x-kubernetes-* are handled elsewhere."""
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key in ("properties", "patternProperties"):
-            out[key] = {k: _to_jsonschema(v) for k, v in value.items()}
-        elif key in ("items", "additionalProperties", "not") and isinstance(value, Mapping):
-            out[key] = _to_jsonschema(value)
-        elif key in ("allOf", "anyOf", "oneOf"):
-            out[key] = [_to_jsonschema(v) for v in value]
-        elif key.startswith("x-kubernetes-") or key in ("description", "default", "example", "nullable"):
-            continue
-        elif key in ("exclusiveMinimum", "exclusiveMaximum") and isinstance(value, bool):
-            continue  # OpenAPI 3.0's boolean form, translated below
-        else:
-            out[key] = value
-    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
-        if node.get(flag) is True and bound in out:
-            out[flag] = out.pop(bound)
-    if node.get("nullable") and "type" in out:
-        out["type"] = [out["type"], "null"]
-    if node.get("x-kubernetes-int-or-string"):
-        out.pop("type", None)
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    return out
 
 
 _FORMATS = jsonschema.FormatChecker(formats=())
@@ -71,8 +46,11 @@ class StructuralSchema:
 
     def __init__(self, openapi: Mapping[str, Any]) -> None:
         self.openapi: dict[str, Any] = copy.deepcopy(dict(openapi))
-        root = _to_jsonschema(self.openapi)
-        root.setdefault("properties", {})["metadata"] = {"type": "object"}  # ObjectMeta is checked separately
+        root = crd.to_jsonschema(self.openapi)
+        props = root.setdefault("properties", {})
+        props["metadata"] = {"type": "object"}  # ObjectMeta is checked separately
+        for typemeta in ("apiVersion", "kind"):  # kopf's peering CRDs do not declare them
+            props.setdefault(typemeta, {"type": "string"})
         self._validator = jsonschema.Draft202012Validator(root, format_checker=_FORMATS)
 
     def prune(self, obj: dict[str, Any]) -> list[str]:
@@ -110,28 +88,8 @@ class StructuralSchema:
 
     def apply_defaults(self, obj: dict[str, Any]) -> None:
         """Fill ``default`` values into objects that are present (as a structural apiserver does on decode)."""
-        for key, sub in (self.openapi.get("properties") or {}).items():
-            if key == "metadata":
-                continue
-            if key not in obj and "default" in sub:
-                obj[key] = copy.deepcopy(sub["default"])
-            if key in obj:
-                self._default(obj[key], sub)
-
-    def _default(self, value: Any, schema: Mapping[str, Any]) -> None:
-        if isinstance(value, dict):
-            props: Mapping[str, Any] = schema.get("properties") or {}
-            for key, sub in props.items():
-                if key not in value and "default" in sub:
-                    value[key] = copy.deepcopy(sub["default"])
-            extra = schema.get("additionalProperties")
-            for key, item in value.items():
-                sub = props.get(key, extra if isinstance(extra, Mapping) else None)
-                if sub is not None:
-                    self._default(item, sub)
-        elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-            for item in value:
-                self._default(item, schema["items"])
+        defaulted = crd.apply_defaults(self.openapi, {k: v for k, v in obj.items() if k != "metadata"})
+        obj.update(defaulted)  # in place: metadata (not the schema's business) keeps its identity and place
 
     def errors(self, obj: Mapping[str, Any]) -> list[FieldError]:
         found: list[FieldError] = []

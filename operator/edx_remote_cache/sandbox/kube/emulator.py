@@ -18,6 +18,7 @@ import jsonpatch
 import jsonpointer
 import kmock
 
+from . import protobuf
 from .errors import ApiError
 from .kinds import ServedKind
 from .requests import RequestRecord, Route, json_response, merge_patch, parse_route
@@ -160,6 +161,14 @@ class KubeEmulator(KubeStore):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if route.subresource is not None and not (route.subresource == "status" and kind.status_subresource):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        media = raw.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if body.strip() and media == "application/vnd.kubernetes.protobuf":
+            try:  # kubectl sends built-in kinds as protobuf (and does not fall back to JSON on 415)
+                body = json.dumps(protobuf.decode(body)).encode()
+            except protobuf.UnsupportedProtobuf as exc:
+                raise ApiError(
+                    415, "UnsupportedMediaType", f"the sandbox cannot decode this protobuf: {exc}"
+                ) from None
         query = raw.query
         dry_run = query.get("dryRun") == "All"
         strict = query.get("fieldValidation") == "Strict"

@@ -18,7 +18,7 @@ import jsonpatch
 import jsonpointer
 import kmock
 
-from . import protobuf
+from . import openapi, protobuf
 from .errors import ApiError
 from .kinds import ServedKind
 from .requests import RequestRecord, Route, json_response, merge_patch, parse_route
@@ -62,6 +62,24 @@ class KubeEmulator(KubeStore):
             "platform": "linux/amd64",
         }
 
+    def _serve_openapi(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.Response:
+        if self._openapi_v3 is None:  # the served kinds are fixed: build once, on first use
+            self._openapi_v3 = openapi.v3_documents(self.kinds.values())
+        accept = raw.headers.get("Accept", "")
+        if raw.path == "/openapi/v3":
+            return json_response(openapi.v3_index(self._openapi_v3))
+        if raw.path.startswith("/openapi/v3/") and raw.path.removeprefix("/openapi/v3/") in self._openapi_v3:
+            return json_response(self._openapi_v3[raw.path.removeprefix("/openapi/v3/")])
+        if raw.path == "/openapi/v2" and ("json" in accept or "*/*" in accept or not accept):
+            return json_response(openapi.v2_document(self.kinds.values()))
+        if raw.path == "/openapi/v2":  # client-go's v2 client asks for protobuf only; kubectl then uses v3
+            error = ApiError(
+                406, "NotAcceptable", "only the following media types are accepted: application/json"
+            )
+            return json_response(error.status(), 406)
+        error = ApiError(404, "NotFound", "the server could not find the requested resource")
+        return json_response(error.status(), 404)
+
     # ---- HTTP --------------------------------------------------------------------------------------------
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -84,6 +102,10 @@ class KubeEmulator(KubeStore):
             user_agent=raw_request.headers.get("User-Agent", ""),
         )
         self.records.append(record)
+        if raw_request.path.startswith("/openapi/"):
+            response = self._serve_openapi(raw_request)
+            record.code = response.status
+            return response
         if route is None or route.plural is None:
             response = await super().__call__(raw_request)  # discovery & the rest: kmock's scaffold
             record.code = response.status

@@ -44,6 +44,7 @@ class KubeStore(kmock.KubernetesEmulator):
         self._compacted_rv = 0
         self._watchers: set[Watcher] = set()
         self._closing = False
+        self._openapi_v3: dict[str, dict[str, Any]] | None = None
         for kind in kinds:
             self.kinds[kind.group, kind.version, kind.plural] = kind
             info = self.resources[kind.ref]

@@ -17,7 +17,9 @@ import aiohttp.web
 import jsonpatch
 import jsonpointer
 import kmock
+import yaml
 
+from . import apply as ssa
 from . import openapi, protobuf
 from .errors import ApiError
 from .kinds import ServedKind
@@ -196,6 +198,7 @@ class KubeEmulator(KubeStore):
         strict = query.get("fieldValidation") == "Strict"
         quiet = query.get("fieldValidation") == "Ignore"
         verb = record.verb
+        manager = ssa.manager_name(query.get("fieldManager"), record.user_agent)
         if verb == "watch":
             return await self._watch(raw, route, kind, record)
         if verb == "list":
@@ -224,7 +227,9 @@ class KubeEmulator(KubeStore):
                 raise ApiError(
                     405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
                 )
-            obj, warnings = self._prepare_create(kind, route.namespace, self._body(body), strict=strict)
+            obj, warnings = self._prepare_create(
+                kind, route.namespace, self._body(body), strict=strict, manager=manager
+            )
             if not dry_run:
                 obj = self._commit(kind, "ADDED", obj, None)
             record.code = 201
@@ -251,13 +256,23 @@ class KubeEmulator(KubeStore):
                 replace=True,
                 dry_run=dry_run,
                 strict=strict,
+                manager=manager,
             )
             record.code = 200
             return json_response(obj, 200, () if quiet else warnings)
+        if verb == "patch" and media == "application/apply-patch+yaml":
+            return self._apply(raw, route, kind, body, record, manager=query.get("fieldManager"))
         if verb == "patch":
             change = self._patcher(kind, raw.headers.get("Content-Type", ""), body)
             obj, warnings = self.update_object(
-                kind, route.namespace, route.name, change, route.subresource, dry_run=dry_run, strict=strict
+                kind,
+                route.namespace,
+                route.name,
+                change,
+                route.subresource,
+                dry_run=dry_run,
+                strict=strict,
+                manager=manager,
             )
             record.code = 200
             return json_response(obj, 200, () if quiet else warnings)
@@ -270,6 +285,63 @@ class KubeEmulator(KubeStore):
         raise ApiError(
             405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
         )
+
+    def _apply(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        route: Route,
+        kind: ServedKind,
+        body: bytes,
+        record: RequestRecord,
+        *,
+        manager: str | None,
+    ) -> aiohttp.web.Response:
+        """Server-side apply: merge the applied configuration, 409 on another manager's fields, create if absent."""
+        assert route.name is not None
+        if not manager:
+            raise ApiError.bad_request("PATCH, application/apply-patch+yaml, requires fieldManager to be set")
+        try:
+            applied = yaml.safe_load(body)
+        except yaml.YAMLError as exc:
+            raise ApiError.bad_request(f"error decoding YAML: {exc}") from None
+        if not isinstance(applied, dict):
+            raise ApiError.bad_request("the applied configuration must be an object")
+        query = raw.query
+        dry_run, strict = query.get("dryRun") == "All", query.get("fieldValidation") == "Strict"
+        force = query.get("force", "").lower() == "true"
+        old = self.current(kind, route.namespace, route.name)
+        applied = self._typed(kind, applied)
+        dropped = kind.schema.prune(applied) if kind.schema is not None else []
+        if dropped and strict:  # the same refusal as any other write; pruned fields are owned by nobody
+            raise self.unknown_fields(kind, dropped)
+        try:
+            merged = ssa.apply(
+                old,
+                applied,
+                manager=manager,
+                force=force,
+                subresource=route.subresource,
+                schema=kind.schema.openapi if kind.schema is not None else None,
+                api_version=kind.api_version,
+            )
+        except ssa.ApplyConflict as exc:
+            causes = [
+                {"reason": "FieldManagerConflict", "message": f'conflict with "{who}"', "field": path}
+                for who, path in exc.conflicts
+            ]
+            raise ApiError(409, "Conflict", str(exc), {"causes": causes}) from None
+        if old is None:
+            merged.setdefault("metadata", {})["name"] = route.name
+            obj, warnings = self._prepare_create(kind, route.namespace, merged, strict=strict, applied=True)
+            if not dry_run:
+                obj = self._commit(kind, "ADDED", obj, None)
+            record.code = 201
+            return json_response(obj, 201, [*warnings, *(f'unknown field "{p}"' for p in dropped)])
+        obj, warnings = self.update_object(
+            kind, route.namespace, route.name, merged, route.subresource, dry_run=dry_run, applied=True
+        )
+        record.code = 200
+        return json_response(obj, 200, [*warnings, *(f'unknown field "{p}"' for p in dropped)])
 
     @staticmethod
     def _body(body: bytes) -> Any:
@@ -307,10 +379,6 @@ class KubeEmulator(KubeStore):
             if not isinstance(patch, dict):
                 raise ApiError.bad_request("a merge patch must be a JSON object")
             return lambda obj: merge_patch(obj, patch)
-        if media == "application/apply-patch+yaml":
-            raise ApiError(
-                415, "UnsupportedMediaType", "server-side apply is not supported by the sandbox emulator"
-            )
         raise ApiError(
             415,
             "UnsupportedMediaType",

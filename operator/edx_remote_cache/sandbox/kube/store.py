@@ -11,10 +11,16 @@ from typing import Any
 
 import kmock
 
+from . import apply as fields
 from .errors import ApiError, FieldError, GoLiteral, utc_now
 from .kinds import NAMESPACES_KEY, ServedKind
 from .requests import GENERATE_NAME_ALPHABET, SERVER_MANAGED_META, RequestRecord, meta_errors, without_meta
 from .watch import Watcher, WatchEvent
+
+
+def _openapi(kind: ServedKind) -> dict[str, Any] | None:
+    return kind.schema.openapi if kind.schema is not None else None
+
 
 WATCH_HISTORY = 10_000  # watch events kept for ?resourceVersion=N; older ones answer 410 Expired
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -128,13 +134,22 @@ class KubeStore(kmock.KubernetesEmulator):
         *,
         dry_run: bool = False,
         strict: bool = False,
+        manager: str | None = None,
     ) -> dict[str, Any]:
-        obj, _ = self._prepare_create(kind, namespace, body, strict=strict)
+        obj, _ = self._prepare_create(kind, namespace, body, strict=strict, manager=manager)
         return obj if dry_run else self._commit(kind, "ADDED", obj, None)
 
     def _prepare_create(
-        self, kind: ServedKind, namespace: str | None, body: Any, *, strict: bool
+        self,
+        kind: ServedKind,
+        namespace: str | None,
+        body: Any,
+        *,
+        strict: bool,
+        manager: str | None = None,
+        applied: bool = False,
     ) -> tuple[dict[str, Any], list[str]]:
+        """The object a create would store; ``manager`` owns its fields (``applied``: the body carries them)."""
         if not isinstance(body, dict):
             raise ApiError.bad_request("the request body must be a JSON object")
         obj = self._typed(kind, copy.deepcopy(body))
@@ -164,6 +179,7 @@ class KubeStore(kmock.KubernetesEmulator):
         if self.current(kind, namespace, name) is not None:
             details = {"name": name, "group": kind.group, "kind": kind.plural}
             raise ApiError(409, "AlreadyExists", f'{kind.group_resource} "{name}" already exists', details)
+        managed = meta.get("managedFields") if applied else None
         for field in SERVER_MANAGED_META:
             meta.pop(field, None)
         meta["uid"] = str(uuid.uuid4())
@@ -177,6 +193,17 @@ class KubeStore(kmock.KubernetesEmulator):
             obj["spec"] = {"finalizers": ["kubernetes"]}
             obj["status"] = {"phase": "Active"}
         warnings = self._decode(kind, obj, strict=strict)
+        if managed is not None:
+            meta["managedFields"] = managed
+        elif manager is not None:
+            meta["managedFields"] = fields.track_update(
+                None,
+                obj,
+                manager=manager,
+                subresource=None,
+                schema=_openapi(kind),
+                api_version=kind.api_version,
+            )
         self._validate(kind, obj, name)
         return obj, warnings
 
@@ -191,6 +218,8 @@ class KubeStore(kmock.KubernetesEmulator):
         replace: bool = False,
         dry_run: bool = False,
         strict: bool = False,
+        manager: str | None = None,
+        applied: bool = False,
     ) -> tuple[dict[str, Any], list[str]]:
         """PUT (``change`` is the new object) or PATCH (``change`` maps the current object to the new one)."""
         old = self.current(kind, namespace, name)
@@ -225,6 +254,10 @@ class KubeStore(kmock.KubernetesEmulator):
                 "metadata.resourceVersion", "Invalid value", unset, "must be specified for an update"
             )
             raise ApiError.invalid(kind, name, [error])
+        # managedFields: computed by an apply, or replaced by the client (kubectl does so when it moves
+        # client-side apply's ownership to server-side apply), else tracked below.
+        given = meta.get("managedFields")
+        keep_given = applied or (isinstance(given, list) and given != old_meta.get("managedFields"))
         for field in SERVER_MANAGED_META:
             if field in old_meta:
                 meta[field] = old_meta[field]
@@ -258,6 +291,19 @@ class KubeStore(kmock.KubernetesEmulator):
                 candidate["spec"] = copy.deepcopy(old.get("spec", {}))
         if kind.has_generation and subresource != "status" and without_meta(candidate) != without_meta(old):
             candidate["metadata"]["generation"] = old_meta.get("generation", 1) + 1
+        if keep_given:
+            candidate["metadata"]["managedFields"] = given
+        elif manager is not None:
+            candidate["metadata"]["managedFields"] = fields.track_update(
+                old,
+                candidate,
+                manager=manager,
+                subresource=subresource,
+                schema=_openapi(kind),
+                api_version=kind.api_version,
+            )
+        if not candidate["metadata"].get("managedFields"):
+            candidate["metadata"].pop("managedFields", None)
         self._validate(kind, candidate, name)
         if candidate == old:
             return old, warnings  # a no-op: nothing written, no new resourceVersion, no watch event
@@ -364,12 +410,17 @@ class KubeStore(kmock.KubernetesEmulator):
             return []
         dropped = kind.schema.prune(obj)
         if dropped and strict:
-            unknown = ", ".join(f'unknown field "{path}"' for path in dropped)
-            raise ApiError.bad_request(
-                f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: strict decoding error: {unknown}'
-            )
+            raise self.unknown_fields(kind, dropped)
         kind.schema.apply_defaults(obj)
         return [f'unknown field "{path}"' for path in dropped]
+
+    @staticmethod
+    def unknown_fields(kind: ServedKind, dropped: Sequence[str]) -> ApiError:
+        """The 400 of ``fieldValidation=Strict`` (what kubectl sends by default) for fields the schema lacks."""
+        unknown = ", ".join(f'unknown field "{path}"' for path in dropped)
+        return ApiError.bad_request(
+            f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: strict decoding error: {unknown}'
+        )
 
     def _validate(self, kind: ServedKind, obj: dict[str, Any], name: str) -> None:
         errors = meta_errors(kind, obj["metadata"])

@@ -24,7 +24,7 @@ from . import openapi, protobuf
 from .errors import ApiError
 from .kinds import ServedKind
 from .requests import RequestRecord, Route, json_response, merge_patch, parse_route
-from .selectors import parse_selector, selected
+from .selectors import parse_field_selector, parse_label_selector, selected
 from .store import KubeStore
 from .tables import build_table, wants_table
 from .watch import Watcher
@@ -211,8 +211,8 @@ class KubeEmulator(KubeStore):
                 return json_response(table)
             return json_response(listing)
         if verb == "deletecollection":
-            labels = parse_selector(query.get("labelSelector"), fields=False)
-            fields = parse_selector(query.get("fieldSelector"), fields=True)
+            labels = parse_label_selector(query.get("labelSelector"))
+            fields = parse_field_selector(query.get("fieldSelector"), kind.group, kind.kind)
             gone = [
                 self.delete_object(kind, route.namespace, obj["metadata"]["name"], dry_run=dry_run)[0]
                 for obj in self.live(kind, route.namespace)
@@ -398,8 +398,8 @@ class KubeEmulator(KubeStore):
         }
 
     def _list(self, kind: ServedKind, namespace: str | None, query: Mapping[str, str]) -> dict[str, Any]:
-        labels = parse_selector(query.get("labelSelector"), fields=False)
-        fields = parse_selector(query.get("fieldSelector"), fields=True)
+        labels = parse_label_selector(query.get("labelSelector"))
+        fields = parse_field_selector(query.get("fieldSelector"), kind.group, kind.kind)
         items = [obj for obj in self.live(kind, namespace) if selected(obj, labels, fields)]
         start = 0
         if query.get("continue"):
@@ -426,8 +426,8 @@ class KubeEmulator(KubeStore):
         self, raw: aiohttp.web.BaseRequest, route: Route, kind: ServedKind, record: RequestRecord
     ) -> aiohttp.web.StreamResponse:
         query = raw.query
-        labels = parse_selector(query.get("labelSelector"), fields=False)
-        fields = parse_selector(query.get("fieldSelector"), fields=True)
+        labels = parse_label_selector(query.get("labelSelector"))
+        fields = parse_field_selector(query.get("fieldSelector"), kind.group, kind.kind)
         since_text = query.get("resourceVersion", "")
         try:
             since = int(since_text) if since_text else 0

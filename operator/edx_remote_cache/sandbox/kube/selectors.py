@@ -27,12 +27,12 @@ def _split_selector(text: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-def parse_selector(text: str | None, *, fields: bool) -> list[tuple[str, str, frozenset[str]]]:
+def parse_label_selector(text: str | None) -> list[tuple[str, str, frozenset[str]]]:
     """(key, op, values) requirements; ops: exists, !exists, in, notin. Raises 400 on nonsense."""
     out: list[tuple[str, str, frozenset[str]]] = []
     for raw in _split_selector(text or ""):
         match = _REQUIREMENT.match(raw)
-        if not match or (fields and not match.group("op")):
+        if not match:
             raise ApiError.bad_request(f"unable to parse requirement: {raw.strip()!r}")
         key, op, value = match.group("key"), (match.group("op") or "").strip(), match.group("value") or ""
         if match.group("neg"):
@@ -48,6 +48,66 @@ def parse_selector(text: str | None, *, fields: bool) -> list[tuple[str, str, fr
         else:
             values = frozenset(v.strip() for v in value.strip("()").split(",") if v.strip())
             out.append((key, op, values))
+    return out
+
+
+# The field labels kube-apiserver supports per kind (any other answers 400, as on a real cluster).
+_COMMON_FIELDS = frozenset({"metadata.name", "metadata.namespace"})
+_KIND_FIELDS = {
+    ("", "Event"): frozenset(
+        {
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        }
+    ),
+    ("", "Namespace"): frozenset({"status.phase"}),
+    ("", "Secret"): frozenset({"type"}),
+}
+_FIELD_ALIASES = {("", "Event", "source"): "source.component"}
+_FIELD_TERM = re.compile(r"^(?P<key>[^=!]+?)\s*(?P<op>!=|==|=)(?P<value>.*)$", re.S)
+
+
+def _split_escaped(text: str) -> list[str]:
+    parts, current, escaped = [], "", False
+    for char in text:
+        if escaped:
+            current += "\\" + char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ",":
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [p for p in parts if p.strip()]
+
+
+def parse_field_selector(text: str | None, group: str, kind: str) -> list[tuple[str, str, frozenset[str]]]:
+    """``key=value``/``key!=value`` terms (values may hold ``/`` and ``:``; ``\\,`` escapes a comma), restricted
+    to the field labels the kind supports; keys are returned as the object paths they select on."""
+    out: list[tuple[str, str, frozenset[str]]] = []
+    supported = _COMMON_FIELDS | _KIND_FIELDS.get((group, kind), frozenset())
+    for term in _split_escaped(text or ""):
+        match = _FIELD_TERM.match(term.strip())
+        if not match:
+            raise ApiError.bad_request(f"invalid selector: '{text}'; can't understand '{term}'")
+        key = match.group("key").strip()
+        if key not in supported:
+            raise ApiError.bad_request(f"field label not supported: {key}")
+        value = re.sub(r"\\(.)", r"\1", match.group("value").strip())
+        op = "notin" if match.group("op") == "!=" else "in"
+        out.append((_FIELD_ALIASES.get((group, kind, key), key), op, frozenset([value])))
     return out
 
 

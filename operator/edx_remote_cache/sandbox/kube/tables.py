@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp.web
@@ -55,40 +55,70 @@ def _human_age(timestamp: str) -> str | None:
     return f"{days // 365}y{days % 365}d" if days < 365 * 8 and days % 365 else f"{days // 365}y"
 
 
+def _column(
+    name: str, kind: str = "string", priority: int = 0, fmt: str = "", doc: str = ""
+) -> dict[str, Any]:
+    return {"name": name, "type": kind, "format": fmt, "description": doc, "priority": priority}
+
+
+def _event_last_seen(event: Mapping[str, Any]) -> str | None:
+    stamp = event.get("lastTimestamp") or event.get("eventTime") or event["metadata"].get("creationTimestamp")
+    return _human_age(str(stamp)) if stamp else None
+
+
+def _event_object(event: Mapping[str, Any]) -> str:
+    involved = event.get("involvedObject") or {}
+    return f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}"
+
+
+# kube-apiserver's printer for core/v1 Events (pkg/printers/internalversion): what `kubectl get events` shows.
+_EVENT_COLUMNS: tuple[tuple[dict[str, Any], Callable[[Mapping[str, Any]], Any]], ...] = (
+    (_column("Last Seen", doc="Time since the event was last seen"), _event_last_seen),
+    (_column("Type"), lambda e: e.get("type", "")),
+    (_column("Reason"), lambda e: e.get("reason", "")),
+    (_column("Object"), _event_object),
+    (_column("Subobject", priority=1), lambda e: (e.get("involvedObject") or {}).get("fieldPath", "")),
+    (_column("Source", priority=1), lambda e: (e.get("source") or {}).get("component", "")),
+    (_column("Message"), lambda e: e.get("message", "")),
+    (_column("First Seen", priority=1), lambda e: _human_age(str(e.get("firstTimestamp") or "")) or ""),
+    (_column("Count", "integer", priority=1), lambda e: e.get("count", 1)),
+    (_column("Name", priority=1, fmt="name"), lambda e: e["metadata"]["name"]),
+)
+
+
+def _printer_cell(obj: Mapping[str, Any], col: Mapping[str, Any]) -> Any:
+    value = jsonpath(obj, col["jsonPath"])
+    if value is not None and col.get("type") == "date":
+        return _human_age(str(value))
+    if value is not None and col.get("type", "string") == "string" and not isinstance(value, str):
+        return json.dumps(value, separators=(",", ":"))
+    return value
+
+
+def _columns(kind: ServedKind) -> list[tuple[dict[str, Any], Callable[[Mapping[str, Any]], Any]]]:
+    if kind.kind == "Event" and not kind.group:
+        return list(_EVENT_COLUMNS)
+    name = _column("Name", fmt="name", doc="Name of the object")
+    columns: list[tuple[dict[str, Any], Callable[[Mapping[str, Any]], Any]]] = [
+        (name, lambda obj: obj["metadata"]["name"])
+    ]
+    for col in kind.printer_columns:
+        definition = _column(
+            col["name"], col.get("type", "string"), col.get("priority", 0), col.get("format", ""),
+            col.get("description", ""),
+        )  # fmt: skip
+        columns.append((definition, lambda obj, col=col: _printer_cell(obj, col)))
+    return columns
+
+
 def build_table(
     kind: ServedKind, objs: Sequence[Mapping[str, Any]], *, include: str, headers: bool, rv: int
 ) -> dict[str, Any]:
-    """A meta.k8s.io/v1 Table: Name plus the printer columns, one row per object."""
-    columns = [
-        {
-            "name": "Name",
-            "type": "string",
-            "format": "name",
-            "description": "Name of the object",
-            "priority": 0,
-        }
-    ]
-    columns += [
-        {
-            "name": col["name"],
-            "type": col.get("type", "string"),
-            "format": col.get("format", ""),
-            "description": col.get("description", ""),
-            "priority": col.get("priority", 0),
-        }
-        for col in kind.printer_columns
-    ]
+    """A meta.k8s.io/v1 Table: Name plus the printer columns (Events: the apiserver's own columns)."""
+    columns = _columns(kind)
     rows = []
     for obj in objs:
-        cells: list[Any] = [obj["metadata"]["name"]]
-        for col in kind.printer_columns:
-            value = jsonpath(obj, col["jsonPath"])
-            if value is not None and col.get("type") == "date":
-                value = _human_age(str(value))
-            elif value is not None and col.get("type", "string") == "string" and not isinstance(value, str):
-                value = json.dumps(value, separators=(",", ":"))
-            cells.append(value)
-        row: dict[str, Any] = {"cells": cells}
+        row: dict[str, Any] = {"cells": [cell(obj) for _, cell in columns]}
         if include == "Object":
             row["object"] = obj
         elif include != "None":
@@ -105,10 +135,11 @@ def build_table(
         "metadata": {"resourceVersion": str(rv)},
     }
     if headers:
-        table["columnDefinitions"] = columns
+        table["columnDefinitions"] = [definition for definition, _ in columns]
     table["rows"] = rows
     return table
 
 
 def wants_table(raw: aiohttp.web.BaseRequest, kind: ServedKind) -> bool:
-    return bool(kind.printer_columns) and "as=Table" in raw.headers.get("Accept", "")
+    tabled = bool(kind.printer_columns) or (kind.kind == "Event" and not kind.group)
+    return tabled and "as=Table" in raw.headers.get("Accept", "")

@@ -19,26 +19,31 @@ create/update/patch/status (pruning of unknown fields with a ``Warning`` header,
 namespaces must exist and deleting one deletes its content; list with label/field selectors and limit/continue;
 watch from ``?resourceVersion=N`` (only later events; 410 Expired once compacted), ``sendInitialEvents`` with the
 initial-events-end bookmark, ``timeoutSeconds``, selector transitions as ADDED/DELETED; server-side Tables
-for the CRD's printer columns (``kubectl get erc`` shows Phase/Endpoint/Hit%/Hosts/Age).
+for the CRD's printer columns (``kubectl get erc`` shows Phase/Endpoint/Hit%/Hosts/Age) and for Events; field
+selectors limited to the labels each kind supports (``involvedObject.*`` for Events); OpenAPI v3/v2 documents
+from the CRDs (kubectl's default validation sends ``fieldValidation=Strict``; ``kubectl explain``); server-side
+apply with managedFields, 409 conflicts between managers and ``force``.
 
 What it does NOT do (README material):
 
 - no authentication, authorization or RBAC: every request is anonymous and allowed; plain HTTP, no TLS;
 - no admission: no webhooks (kopf's admission handlers are never called), no CEL/x-kubernetes-validations, no
   validation ratcheting, no ResourceQuota/LimitRange; the NamespaceLifecycle check is the only admission rule;
-- no server-side apply (``application/apply-patch+yaml`` answers 415) and no managedFields/field managers;
-  strategic-merge-patch is accepted for built-in kinds only and applied as a plain JSON merge-patch;
+- server-side apply keeps ownership per leaf field (an object emptied by an apply stays, empty); list types come
+  from the CRD schema (built-in kinds' lists are atomic); strategic-merge-patch is accepted for built-in kinds
+  only and applied as a plain JSON merge-patch; protobuf bodies are decoded only for what kubectl sends (a
+  Namespace, DeleteOptions);
 - no controllers: no garbage collection by ownerReferences, propagationPolicy is ignored, no event TTL,
   no Pods/Deployments/Services at all (served: namespaces, events, configmaps, secrets, leases,
   customresourcedefinitions, the project's CRD, kopf's KopfPeering/ClusterKopfPeering);
 - CRDs are stored and listed, but creating or changing one at runtime does not change what is served;
-  one version per CRD, no conversion, no scale subresource; server-side Tables only for CRDs' printer columns;
+  one version per CRD, no conversion, no scale subresource; server-side Tables only for CRDs' printer columns and Events;
 - built-in kinds are not validated (only metadata.name and labels), and PUT never creates;
 - no periodic watch BOOKMARKs, no watch cache semantics for ``resourceVersionMatch``; list continue tokens
-  are offsets into the current state, not snapshots; field selectors accept any dotted path;
-- no aggregated discovery, no OpenAPI documents (/openapi/v2, /openapi/v3 answer 404), so ``kubectl create``
-  and ``kubectl apply`` need ``--validate=false`` (the server still validates), and there is no
-  ``kubectl explain``; no protobuf; no rate limiting (API Priority and Fairness) and no request timeouts;
+  are offsets into the current state, not snapshots;
+- no aggregated discovery; the OpenAPI documents publish the CRDs' schemas but not the built-in kinds' fields,
+  and /openapi/v2 is served as JSON only (client-go asks for protobuf there; kubectl uses v3); no rate limiting
+  (API Priority and Fairness) and no request timeouts;
 - state lives in memory only and is lost on stop.
 """
 

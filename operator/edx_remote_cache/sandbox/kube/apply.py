@@ -185,7 +185,6 @@ def _subresource_of(path: Path) -> str:
 
 
 def _store(
-    entries: list[dict[str, Any]],
     ownership: dict[tuple[str, str, str], set[Path]],
     api_version: str,
     previous: Mapping[tuple[str, str, str], Mapping[str, Any]],
@@ -200,7 +199,8 @@ def _store(
         if old is not None and old.get("fieldsV1") == fields:
             out.append(dict(old))  # unchanged ownership keeps its timestamp (no churn on a no-op apply)
             continue
-        entry = {"manager": manager, "operation": operation, "apiVersion": api_version, "time": _now()}
+        entry: dict[str, Any] = {"manager": manager, "operation": operation, "apiVersion": api_version}
+        entry["time"] = _now()
         entry |= {"fieldsType": "FieldsV1", "fieldsV1": fields}
         if subresource:
             entry["subresource"] = subresource
@@ -212,12 +212,12 @@ def _ownership(
     meta: Mapping[str, Any],
 ) -> tuple[dict[tuple[str, str, str], set[Path]], dict[tuple[str, str, str], Mapping[str, Any]]]:
     ownership: dict[tuple[str, str, str], set[Path]] = {}
-    previous = {}
+    previous: dict[tuple[str, str, str], Mapping[str, Any]] = {}
     for entry in _entries(meta):
         key = (
             str(entry.get("manager", "")),
             str(entry.get("operation", "Update")),
-            entry.get("subresource", ""),
+            str(entry.get("subresource", "")),
         )
         ownership.setdefault(key, set()).update(_entry_paths(entry))
         previous[key] = entry
@@ -243,7 +243,7 @@ def track_update(
         ownership[key] -= changed | gone
     mine = ownership.setdefault((manager, "Update", subresource or ""), set())
     mine |= changed
-    return _store(list(previous.values()), ownership, api_version, previous)
+    return _store(ownership, api_version, previous)
 
 
 # ---- apply -------------------------------------------------------------------------------------------------
@@ -349,5 +349,5 @@ def apply(
         if key[0] == manager and key != mine_key:
             ownership[key] -= set(wanted)  # the manager's own earlier Update entry hands over to its Apply
     ownership[mine_key] = set(wanted)
-    merged_meta["managedFields"] = _store(list(previous.values()), ownership, api_version, previous)
+    merged_meta["managedFields"] = _store(ownership, api_version, previous)
     return merged

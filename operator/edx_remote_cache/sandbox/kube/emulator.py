@@ -105,9 +105,9 @@ class KubeEmulator(KubeStore):
         )
         self.records.append(record)
         if raw_request.path.startswith("/openapi/"):
-            response = self._serve_openapi(raw_request)
-            record.code = response.status
-            return response
+            document = self._serve_openapi(raw_request)
+            record.code = document.status
+            return document
         if route is None or route.plural is None:
             response = await super().__call__(raw_request)  # discovery & the rest: kmock's scaffold
             record.code = response.status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -107,7 +108,7 @@ def _columns(kind: ServedKind) -> list[tuple[dict[str, Any], Callable[[Mapping[s
             col["name"], col.get("type", "string"), col.get("priority", 0), col.get("format", ""),
             col.get("description", ""),
         )  # fmt: skip
-        columns.append((definition, lambda obj, col=col: _printer_cell(obj, col)))
+        columns.append((definition, functools.partial(_printer_cell, col=col)))
     return columns
 
 

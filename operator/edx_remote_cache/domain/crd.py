@@ -44,13 +44,35 @@ def openapi_schema(crd: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return copy.deepcopy(served_version(crd or load_crd())["schema"]["openAPIV3Schema"])
 
 
-def to_jsonschema(node: Any) -> Any:
-    """OpenAPI v3 structural schema → JSON Schema: drop x-kubernetes-* keys; preserve-unknown-fields allows extras."""
-    if isinstance(node, list):
-        return [to_jsonschema(n) for n in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+def to_jsonschema(node: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAPI v3 structural schema → JSON Schema 2020-12, for the validator and the sandbox's apiserver alike.
+
+    x-kubernetes-* keys go (int-or-string becomes an anyOf, preserve-unknown-fields leaves the object open);
+    OpenAPI 3.0's ``nullable`` and boolean ``exclusiveMinimum``/``exclusiveMaximum`` become their 2020-12 forms;
+    every other object with properties is closed, so a misspelled field is an error rather than ignored.
+    """
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("properties", "patternProperties"):
+            out[key] = {name: to_jsonschema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, Mapping):
+            out[key] = to_jsonschema(value)
+        elif key in ("allOf", "anyOf", "oneOf"):
+            out[key] = [to_jsonschema(sub) for sub in value]
+        elif key.startswith("x-kubernetes-") or key == "nullable":
+            continue
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and isinstance(value, bool):
+            continue  # OpenAPI 3.0's boolean form, translated below
+        else:
+            out[key] = copy.deepcopy(value)
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if node.get(flag) is True and bound in out:
+            out[flag] = out.pop(bound)
+    if node.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if (
         out.get("type") == "object"
         and "properties" in out
@@ -91,15 +113,23 @@ def schema_problems(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
-    """Fill in schema defaults the way a structural apiserver does (for fields of objects that are present)."""
-    if not isinstance(value, dict) or schema.get("type") != "object":
-        if isinstance(value, list) and "items" in schema:
-            return [apply_defaults(schema["items"], v) for v in value]
+    """Fill in schema defaults the way a structural apiserver does (for fields of objects that are present).
+
+    Returns a new value; recurses into properties, ``additionalProperties`` maps and list items.
+    """
+    if isinstance(value, list):
+        items = schema.get("items")
+        return [apply_defaults(items, v) for v in value] if isinstance(items, Mapping) else value
+    if not isinstance(value, dict):
         return value
     out = dict(value)
-    for name, sub in schema.get("properties", {}).items():
+    props: Mapping[str, Any] = schema.get("properties") or {}
+    for name, sub in props.items():
         if name not in out and "default" in sub:
             out[name] = copy.deepcopy(sub["default"])
-        if name in out:
-            out[name] = apply_defaults(sub, out[name])
+    extra = schema.get("additionalProperties")
+    for name, item in out.items():
+        sub = props.get(name, extra if isinstance(extra, Mapping) else None)
+        if sub is not None:
+            out[name] = apply_defaults(sub, item)
     return out

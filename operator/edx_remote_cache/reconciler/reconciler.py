@@ -61,7 +61,7 @@ from edx_remote_cache.domain.conditions import (
     health_status,
     status_changed,
 )
-from edx_remote_cache.domain.spec import EdxRemoteCacheSpec, SpecError, parse_spec
+from edx_remote_cache.domain.spec import EdxRemoteCacheSpec, SpecError, instance_architecture, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,10 @@ class Reconciler:
         lookups = self.a.lookups(region)
         observer = self.a.observer(region, float(spec.drift_interval_seconds))
         image = await asyncio.to_thread(
-            lookups.image, ami=spec.instance.ami, ami_parameter=spec.instance.ami_parameter
+            lookups.image,
+            ami=spec.instance.ami,
+            ami_parameter=spec.instance.ami_parameter,
+            architecture=instance_architecture(spec.instance.instance_type),
         )
         vpc_id = await asyncio.to_thread(lookups.vpc_id, spec.instance.subnet_id)
         edx = await asyncio.to_thread(  # one batched read per region per drift interval, shared by all resources

@@ -17,10 +17,11 @@ AMI_PARAMETER_TTL_SECONDS = 3600.0
 class ImageInfo:
     image_id: str
     root_device_name: str
+    architecture: str = "x86_64"  # EC2's name: x86_64 or arm64
 
 
 class CloudLookups:
-    """Lookups whose answers rarely change, cached per region: the AMI (and its root device), a subnet's VPC."""
+    """Lookups whose answers rarely change, cached per region: the AMI (root device, architecture), a subnet's VPC."""
 
     def __init__(
         self,
@@ -36,8 +37,9 @@ class CloudLookups:
         self._parameters: dict[str, tuple[float, str]] = {}
         self._vpcs: dict[str, str] = {}
 
-    def image(self, *, ami: str | None, ami_parameter: str) -> ImageInfo:
-        """An explicit AMI, else the public SSM parameter's current value; terminal error if neither resolves."""
+    def image(self, *, ami: str | None, ami_parameter: str, architecture: str | None = None) -> ImageInfo:
+        """An explicit AMI, else the public SSM parameter's current value; terminal error if neither resolves,
+        or if the image is not of `architecture` (the instance type's: an arm64 image cannot boot on t3)."""
         image_id = ami or self._parameter(ami_parameter)
         if image_id not in self._images:
             try:
@@ -54,8 +56,19 @@ class CloudLookups:
                 raise TerminalAwsError(
                     "InvalidAMIID.NotFound", f"AMI {image_id} does not exist in this region"
                 )
-            self._images[image_id] = ImageInfo(image_id, images[0].get("RootDeviceName") or "/dev/sda1")
-        return self._images[image_id]
+            self._images[image_id] = ImageInfo(
+                image_id,
+                images[0].get("RootDeviceName") or "/dev/sda1",
+                images[0].get("Architecture") or "x86_64",
+            )
+        info = self._images[image_id]
+        if architecture is not None and info.architecture != architecture:
+            raise TerminalAwsError(
+                "InvalidParameterCombination",
+                f"AMI {image_id} is an {info.architecture} image but the instance type runs {architecture}; "
+                "use an AMI of that architecture, or remove spec.instance.ami to get Ubuntu 24.04 for the type",
+            )
+        return info
 
     def _parameter(self, name: str) -> str:
         cached = self._parameters.get(name)

@@ -44,13 +44,19 @@ def test_crd_is_structural_v1_with_status_and_columns() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["erc"]
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase",
-        "Endpoint",
-        "Hit%",
-        "Hosts",
-        "Age",
-    ]
+    columns = version["additionalPrinterColumns"]
+    assert [c["name"] for c in columns] == ["Ready", "Phase", "Endpoint", "Hit%", "Hosts", "Age", "Message"]
+    assert columns[0]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns[-1]["priority"] == 1, "the message only with -o wide"
+    assert [c["name"] for c in columns if c.get("priority", 0) == 0][-1] == "Age"
+
+
+def test_conditions_are_a_list_map_keyed_by_type() -> None:
+    """Server-side apply merges conditions per type instead of replacing the whole list."""
+    conditions = openapi_schema()["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "type" in conditions["items"]["required"]
 
 
 def test_every_field_has_a_description() -> None:

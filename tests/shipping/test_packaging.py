@@ -567,6 +567,18 @@ def test_examples_are_valid_edxremotecaches(path: Path) -> None:
             assert schema_problems(obj) == []
 
 
+def test_examples_name_distinct_objects() -> None:
+    """A GitOps tool syncing examples/ (or a user applying all of it) must not see one object twice."""
+    seen: dict[tuple[str, str], str] = {}
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for obj in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if obj:
+                key = (obj["metadata"].get("namespace", "default"), obj["metadata"]["name"])
+                assert key not in seen, f"{path.name} and {seen[key]} both define {key[0]}/{key[1]}"
+                seen[key] = path.name
+    assert len(seen) >= 3
+
+
 def test_argocd_application_points_at_the_chart() -> None:
     apps = [
         d

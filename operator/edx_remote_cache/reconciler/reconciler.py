@@ -151,9 +151,18 @@ def _meta(obj: Mapping[str, Any]) -> tuple[str, str, str, int]:
     )
 
 
-def is_paused(obj: Mapping[str, Any], spec: EdxRemoteCacheSpec | None) -> bool:
+def pause_switch(obj: Mapping[str, Any], spec: EdxRemoteCacheSpec | None) -> str | None:
+    """Which switch pauses the object ("spec.paused" or the annotation), so the status names the one to undo."""
+    if spec and spec.paused:
+        return "spec.paused"
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    return bool(spec and spec.paused) or str(annotations.get(PAUSE_ANNOTATION, "")).lower() == "true"
+    if str(annotations.get(PAUSE_ANNOTATION, "")).lower() == "true":
+        return f"annotation {PAUSE_ANNOTATION}"
+    return None
+
+
+def is_paused(obj: Mapping[str, Any], spec: EdxRemoteCacheSpec | None) -> bool:
+    return pause_switch(obj, spec) is not None
 
 
 def _progress(status: Mapping[str, Any]) -> tuple[dict[str, float], dict[int, int], list[float]]:
@@ -341,7 +350,8 @@ class Reconciler:
             return  # terminal until the spec changes: no retry loop
         state.stalled_generation = None
         owner = Owner(namespace, name, uid)
-        paused = is_paused(obj, spec)
+        paused_by = pause_switch(obj, spec)
+        paused = paused_by is not None
         try:
             cloud = await self._converge_cloud(obj, state, spec, owner, mutate=not paused)
         except TerminalAwsError as exc:
@@ -364,7 +374,7 @@ class Reconciler:
 
         hosts = await self._converge_hosts(obj, state, spec, cloud, mutate=not paused, trigger=trigger)
         await self._probe(obj, state, spec, cloud.endpoints)
-        facts = self._facts(state, spec, generation, cloud, hosts, paused=paused)
+        facts = self._facts(state, spec, generation, cloud, hosts, paused_by=paused_by)
         await self._publish(obj, state, facts, **self._cloud_status(cloud, spec, hosts, state))
         if _mutating(cloud.plan) or any(isinstance(a, WaitFor) for a in cloud.plan.actions):
             raise RequeueError("cloud resources are still converging", delay=2.0)
@@ -652,7 +662,7 @@ class Reconciler:
         cloud: CloudOutcome,
         hosts: Sequence[HostPushResult],
         *,
-        paused: bool,
+        paused_by: str | None,
     ) -> Facts:
         desired = cloud.desired
         ours = [i for i in cloud.observed.instances if desired.owner.owns(i.tag_map)]
@@ -671,7 +681,8 @@ class Reconciler:
         probe = self._probe_facts(state, spec)
         return Facts(
             generation=generation,
-            paused=paused,
+            paused=paused_by is not None,
+            paused_by=paused_by or "",
             instances_desired=spec.instance.replicas,
             instances_running=min(len(running), spec.instance.replicas),
             instance_message="; ".join(cloud.plan.notes),

@@ -9,7 +9,13 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from edx_remote_cache.domain.crd import apply_defaults, load_crd, openapi_schema, schema_problems
+from edx_remote_cache.domain.crd import (
+    apply_defaults,
+    load_crd,
+    openapi_schema,
+    schema_problems,
+    to_jsonschema,
+)
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,3 +130,39 @@ def test_schema_rejects_with_field_path() -> None:
     doc["spec"]["deletionPolicy"] = "Orphan"
     paths = [p for p, _ in schema_problems(doc)]
     assert "spec.network.allowFromCidrs[0]" in paths and "spec.deletionPolicy" in paths
+
+
+def test_one_conversion_serves_the_validator_closed_and_the_apiserver_open() -> None:
+    import jsonschema
+
+    node = {
+        "type": "object",
+        "properties": {
+            "port": {"x-kubernetes-int-or-string": True, "description": "d"},
+            "note": {"type": "string", "nullable": True},
+            "size": {"type": "integer", "minimum": 1, "exclusiveMinimum": True},
+        },
+    }
+    closed, open_ = to_jsonschema(node), to_jsonschema(node, closed=False)
+    assert closed["additionalProperties"] is False and "additionalProperties" not in open_
+    for schema in (closed, open_):
+        ok = jsonschema.Draft202012Validator(schema)
+        assert ok.is_valid({"port": "http", "note": None, "size": 2}) and ok.is_valid({"port": 80})
+        assert not ok.is_valid({"size": 1}), "OpenAPI 3.0's boolean exclusiveMinimum"
+    assert not jsonschema.Draft202012Validator(closed).is_valid({"prot": 80}), "a typo is an error"
+
+
+def test_defaults_reach_list_items_and_map_values_without_changing_the_input() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": {"type": "object", "properties": {"a": {"default": 1}}}},
+            "byName": {
+                "type": "object",
+                "additionalProperties": {"type": "object", "properties": {"b": {"default": "x"}}},
+            },
+        },
+    }
+    value = {"items": [{}], "byName": {"k": {}}}
+    assert apply_defaults(schema, value) == {"items": [{"a": 1}], "byName": {"k": {"b": "x"}}}
+    assert value == {"items": [{}], "byName": {"k": {}}}

@@ -75,6 +75,8 @@ import jsonschema
 import kmock
 import yaml
 
+from edx_remote_cache.domain import crd as crd_schema
+
 if TYPE_CHECKING:
     import kopf
 
@@ -266,30 +268,9 @@ def _json_type(value: Any) -> str:
 
 
 def _to_jsonschema(node: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAPI v3 (structural) → JSON Schema 2020-12; defaults and x-kubernetes-* are handled elsewhere."""
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key in ("properties", "patternProperties"):
-            out[key] = {k: _to_jsonschema(v) for k, v in value.items()}
-        elif key in ("items", "additionalProperties", "not") and isinstance(value, Mapping):
-            out[key] = _to_jsonschema(value)
-        elif key in ("allOf", "anyOf", "oneOf"):
-            out[key] = [_to_jsonschema(v) for v in value]
-        elif key.startswith("x-kubernetes-") or key in ("description", "default", "example", "nullable"):
-            continue
-        elif key in ("exclusiveMinimum", "exclusiveMaximum") and isinstance(value, bool):
-            continue  # OpenAPI 3.0's boolean form, translated below
-        else:
-            out[key] = value
-    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
-        if node.get(flag) is True and bound in out:
-            out[flag] = out.pop(bound)
-    if node.get("nullable") and "type" in out:
-        out["type"] = [out["type"], "null"]
-    if node.get("x-kubernetes-int-or-string"):
-        out.pop("type", None)
-        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    return out
+    """The validator's conversion (domain/crd.py), open: the apiserver prunes unknown fields before validating."""
+    converted: dict[str, Any] = crd_schema.to_jsonschema(dict(node), closed=False)
+    return converted
 
 
 _FORMATS = jsonschema.FormatChecker(formats=())
@@ -348,29 +329,10 @@ class StructuralSchema:
                 self._prune(item, schema["items"], f"{path}[{index}]", dropped, root=False)
 
     def apply_defaults(self, obj: dict[str, Any]) -> None:
-        """Fill ``default`` values into objects that are present (as a structural apiserver does on decode)."""
-        for key, sub in (self.openapi.get("properties") or {}).items():
-            if key == "metadata":
-                continue
-            if key not in obj and "default" in sub:
-                obj[key] = copy.deepcopy(sub["default"])
-            if key in obj:
-                self._default(obj[key], sub)
-
-    def _default(self, value: Any, schema: Mapping[str, Any]) -> None:
-        if isinstance(value, dict):
-            props: Mapping[str, Any] = schema.get("properties") or {}
-            for key, sub in props.items():
-                if key not in value and "default" in sub:
-                    value[key] = copy.deepcopy(sub["default"])
-            extra = schema.get("additionalProperties")
-            for key, item in value.items():
-                sub = props.get(key, extra if isinstance(extra, Mapping) else None)
-                if sub is not None:
-                    self._default(item, sub)
-        elif isinstance(value, list) and isinstance(schema.get("items"), Mapping):
-            for item in value:
-                self._default(item, schema["items"])
+        """Fill ``default`` values into objects that are present (as a structural apiserver does on decode);
+        the defaulting is the validator's (domain/crd.py). ObjectMeta is not the schema's to default."""
+        props = {k: v for k, v in (self.openapi.get("properties") or {}).items() if k != "metadata"}
+        obj.update(crd_schema.apply_defaults({**self.openapi, "properties": props}, obj))
 
     def errors(self, obj: Mapping[str, Any]) -> list[FieldError]:
         found: list[FieldError] = []

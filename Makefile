@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # mypy-checked strictly: the pure domain and the reconciler that glues it to the adapters
 TYPED_PACKAGES := operator/edx_remote_cache/domain operator/edx_remote_cache/reconciler
 
-.PHONY: install demo test test-fast e2e lint bench sandbox clean
+.PHONY: install demo test test-fast e2e lint bench sandbox chart-readme clean
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ lint: install
 
 bench: install
 	$(PY) bench/run.py
+
+# charts/edx-remote-cache/README.md from values.schema.json and values.yaml (a test checks it is current)
+chart-readme: install
+	$(PY) tests/shipping/chart_readme.py
 
 sandbox: install
 	$(BIN)/edx-remote-cache sandbox --env-file .sandbox/env

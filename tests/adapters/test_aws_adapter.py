@@ -630,6 +630,18 @@ def test_ami_from_ssm_parameter_is_resolved_once(world: World) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_an_ami_of_the_other_architecture_is_refused_before_any_launch(world: World) -> None:
+    image = world.lookups.image(ami=world.server.ami_id, ami_parameter="", architecture="x86_64")
+    assert image.architecture == "x86_64"
+    with pytest.raises(TerminalAwsError) as caught:
+        world.lookups.image(ami=world.server.ami_id, ami_parameter="", architecture="arm64")
+    assert f"AMI {world.server.ami_id} is an x86_64 image" in str(caught.value) and "arm64" in str(
+        caught.value
+    )
+    assert world.calls.mutating == []
+
+
+@pytest.mark.timeout(60)
 def test_same_client_token_twice_launches_one_instance(world: World) -> None:
     _needs_strict(world, "ClientToken idempotency (moto launches again)")
     plan = world.plan(world.spec())

@@ -7,7 +7,10 @@ and check the files, backups and the supervisorctl log on that root.
 from __future__ import annotations
 
 import hashlib
+import http.server
+import json
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ from botocore.stub import Stubber
 from pydantic import ValidationError
 
 import edx_remote_cache
+from edx_remote_cache.adapters.aws import client_config
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.host_push import expected_files, push_hosts, revert_hosts
 from edx_remote_cache.adapters.ssm import CommandResult, SsmAdapter, SsmError
@@ -81,7 +85,7 @@ def _invocation(status: str, code: int = -1, out: str = "", details: str | None 
 
 
 @pytest.mark.timeout(10)
-def test_run_script_retries_invisible_invocations_and_throttling(stubbed: Any) -> None:
+def test_run_script_waits_out_invocations_not_yet_visible(stubbed: Any) -> None:
     adapter, stubber, fake = stubbed
     stubber.add_response(
         "send_command",
@@ -96,7 +100,7 @@ def test_run_script_retries_invisible_invocations_and_throttling(stubbed: Any) -
     )
     stubber.add_client_error("get_command_invocation", "InvocationDoesNotExist", "")
     stubber.add_client_error("get_command_invocation", "InvocationDoesNotExist", "")
-    stubber.add_client_error("get_command_invocation", "ThrottlingException", "Rate exceeded")
+    stubber.add_client_error("get_command_invocation", "InvocationDoesNotExist", "")
     stubber.add_response("get_command_invocation", _invocation("InProgress"))
     stubber.add_response("get_command_invocation", _invocation("Success", 0, "hi\n"))
     result = adapter.run_script(IID, "echo hi", timeout=20)
@@ -133,12 +137,54 @@ def test_offline_instance_is_an_unreachable_error(stubbed: Any) -> None:
     assert info.value.unreachable and info.value.code == "InvalidInstanceId"
 
 
+class _ThrottlingSsm(http.server.BaseHTTPRequestHandler):
+    """An SSM endpoint on loopback that answers every call with ThrottlingException and counts them."""
+
+    calls = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).calls += 1
+        body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.timeout(30)
+def test_throttling_is_retried_once_by_botocore_and_not_again_by_the_adapter() -> None:
+    """One layer of retries: the client's standard mode makes max_attempts attempts, then the adapter reports."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ThrottlingSsm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = boto3.client(
+            "ssm",
+            region_name="us-east-1",
+            endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=client_config(max_attempts=2),
+        )
+        with pytest.raises(SsmError) as info:
+            SsmAdapter(client).ping_statuses([IID])
+        assert info.value.code == "ThrottlingException"
+        # botocore: the first attempt plus max_attempts retries, and no adapter loop multiplying them
+        assert _ThrottlingSsm.calls == 1 + 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.timeout(10)
 def test_ping_statuses_batches_50_ids_and_follows_next_token(stubbed: Any) -> None:
     adapter, stubber, _fake = stubbed
     ids = [f"i-{n:017x}" for n in range(120)]
     online = {"PingStatus": "Online"}
-    stubber.add_client_error("describe_instance_information", "ThrottlingException", "Rate exceeded")
     for start in (0, 50, 100):
         batch = ids[start : start + 50]
         params = {"Filters": [{"Key": "InstanceIds", "Values": batch}], "MaxResults": 50}

@@ -219,6 +219,14 @@ def test_messages_tell_the_user_what_to_fix() -> None:
     assert hosts["HostsConfigured"]["message"] == f"0/1 hosts configured; {UNREACHABLE}"
     assert UNREACHABLE in hosts["Ready"]["message"]
 
+    by_spec = by_type(compute_conditions(replace(GOOD, paused=True), previous=[], now=T0))
+    assert "paused (spec.paused)" in by_spec["Reconciling"]["message"]
+    annotation = "annotation edx-remote-cache.openedx.org/paused"
+    by_annotation = by_type(
+        compute_conditions(replace(GOOD, paused=True, paused_by=annotation), previous=[], now=T0)
+    )
+    assert f"paused ({annotation})" in by_annotation["Reconciling"]["message"], "names the switch to undo"
+
     cold = by_type(compute_conditions(replace(GOOD, cold_cache=True), previous=[], now=T0))
     assert "hit ratio is expected" in cold["CacheHealthy"]["message"]
 

@@ -9,7 +9,13 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from edx_remote_cache.domain.crd import apply_defaults, load_crd, openapi_schema, schema_problems
+from edx_remote_cache.domain.crd import (
+    apply_defaults,
+    load_crd,
+    openapi_schema,
+    schema_problems,
+    to_jsonschema,
+)
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,13 +50,19 @@ def test_crd_is_structural_v1_with_status_and_columns() -> None:
     assert crd["spec"]["names"]["shortNames"] == ["erc"]
     version = crd["spec"]["versions"][0]
     assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
-        "Phase",
-        "Endpoint",
-        "Hit%",
-        "Hosts",
-        "Age",
-    ]
+    columns = version["additionalPrinterColumns"]
+    assert [c["name"] for c in columns] == ["Ready", "Phase", "Endpoint", "Hit%", "Hosts", "Age", "Message"]
+    assert columns[0]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns[-1]["priority"] == 1, "the message only with -o wide"
+    assert [c["name"] for c in columns if c.get("priority", 0) == 0][-1] == "Age"
+
+
+def test_conditions_are_a_list_map_keyed_by_type() -> None:
+    """Server-side apply merges conditions per type instead of replacing the whole list."""
+    conditions = openapi_schema()["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert "type" in conditions["items"]["required"]
 
 
 def test_every_field_has_a_description() -> None:
@@ -118,3 +130,39 @@ def test_schema_rejects_with_field_path() -> None:
     doc["spec"]["deletionPolicy"] = "Orphan"
     paths = [p for p, _ in schema_problems(doc)]
     assert "spec.network.allowFromCidrs[0]" in paths and "spec.deletionPolicy" in paths
+
+
+def test_one_conversion_serves_the_validator_closed_and_the_apiserver_open() -> None:
+    import jsonschema
+
+    node = {
+        "type": "object",
+        "properties": {
+            "port": {"x-kubernetes-int-or-string": True, "description": "d"},
+            "note": {"type": "string", "nullable": True},
+            "size": {"type": "integer", "minimum": 1, "exclusiveMinimum": True},
+        },
+    }
+    closed, open_ = to_jsonschema(node), to_jsonschema(node, closed=False)
+    assert closed["additionalProperties"] is False and "additionalProperties" not in open_
+    for schema in (closed, open_):
+        ok = jsonschema.Draft202012Validator(schema)
+        assert ok.is_valid({"port": "http", "note": None, "size": 2}) and ok.is_valid({"port": 80})
+        assert not ok.is_valid({"size": 1}), "OpenAPI 3.0's boolean exclusiveMinimum"
+    assert not jsonschema.Draft202012Validator(closed).is_valid({"prot": 80}), "a typo is an error"
+
+
+def test_defaults_reach_list_items_and_map_values_without_changing_the_input() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": {"type": "object", "properties": {"a": {"default": 1}}}},
+            "byName": {
+                "type": "object",
+                "additionalProperties": {"type": "object", "properties": {"b": {"default": "x"}}},
+            },
+        },
+    }
+    value = {"items": [{}], "byName": {"k": {}}}
+    assert apply_defaults(schema, value) == {"items": [{"a": 1}], "byName": {"k": {"b": "x"}}}
+    assert value == {"items": [{}], "byName": {"k": {}}}

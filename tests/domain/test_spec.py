@@ -7,7 +7,12 @@ from typing import Any
 
 import pytest
 
-from edx_remote_cache.domain.spec import SpecError, parse_spec
+from edx_remote_cache.domain.spec import (
+    DEFAULT_AMI_PARAMETERS,
+    SpecError,
+    instance_architecture,
+    parse_spec,
+)
 
 MINIMAL: dict[str, Any] = {
     "region": "us-east-1",
@@ -113,3 +118,46 @@ def test_unknown_type_with_explicit_memory_is_fine() -> None:
     spec = with_("instance.instanceType", "x9.huge")
     spec["memcached"] = {"memoryMiB": 1000}
     assert parse_spec(spec).memory_mib == 1000
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "architecture"),
+    [
+        ("t3.medium", "x86_64"), ("r6i.large", "x86_64"), ("g5.xlarge", "x86_64"), ("g4dn.xlarge", "x86_64"),
+        ("m7i-flex.large", "x86_64"), ("t4g.small", "arm64"), ("m7g.large", "arm64"), ("c7gn.large", "arm64"),
+        ("r8g.large", "arm64"), ("x2gd.large", "arm64"), ("g5g.xlarge", "arm64"), ("a1.large", "arm64"),
+    ],
+)  # fmt: skip
+def test_architecture_follows_the_instance_family(instance_type: str, architecture: str) -> None:
+    assert instance_architecture(instance_type) == architecture
+
+
+def test_default_image_is_ubuntu_24_04_of_the_instance_types_architecture() -> None:
+    assert parse_spec(MINIMAL).instance.ami_parameter == (
+        "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+    )
+    graviton = parse_spec(with_("instance.instanceType", "t4g.medium"))
+    assert graviton.instance.ami_parameter == DEFAULT_AMI_PARAMETERS["arm64"]
+    assert "/24.04/" in graviton.instance.ami_parameter and "/arm64/" in graviton.instance.ami_parameter
+
+
+def test_the_20_04_default_stored_by_older_crds_now_means_ubuntu_24_04() -> None:
+    old = "/aws/service/canonical/ubuntu/server/20.04/stable/current/amd64/hvm/ebs-gp2/ami-id"
+    spec = with_("instance.amiParameter", old)
+    spec["instance"]["instanceType"] = "m7g.large"
+    assert parse_spec(spec).instance.ami_parameter == DEFAULT_AMI_PARAMETERS["arm64"]
+
+
+def test_an_ami_parameter_of_the_other_architecture_is_refused() -> None:
+    spec = with_("instance.instanceType", "c7g.large")
+    spec["instance"]["amiParameter"] = DEFAULT_AMI_PARAMETERS["x86_64"]
+    with pytest.raises(SpecError) as caught:
+        parse_spec(spec)
+    (problem,) = caught.value.problems
+    assert problem.path == "spec.instance.amiParameter"
+    assert "x86_64 image but c7g.large runs arm64" in problem.message
+    assert DEFAULT_AMI_PARAMETERS["arm64"] in problem.message
+    own = with_(
+        "instance.amiParameter", "/my-org/golden-memcached-ami"
+    )  # says nothing: cannot tell, accepted
+    assert parse_spec(own).instance.ami_parameter == "/my-org/golden-memcached-ami"

@@ -260,6 +260,9 @@ def test_paused_observes_and_reports_but_changes_nothing(sandbox: Sandbox, opera
         lambda o: (o.get("status") or {}).get("phase") == "Paused", timeout=15, what="Paused again"
     )
     assert cache.condition("Ready")["status"] == "True"
+    assert (
+        "paused (annotation edx-remote-cache.openedx.org/paused)" in cache.condition("Reconciling")["message"]
+    )
     record_status_fixture("paused-annotation", obj, "Paused with the annotation, on a working cache.")
     since = sandbox.calls.now()
     sandbox.faults.kill_memcached(iid)

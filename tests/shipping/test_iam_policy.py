@@ -307,8 +307,11 @@ def test_send_command_runs_only_aws_run_shell_script() -> None:
 
 
 def test_ssm_parameters_only_the_public_canonical_ami_ids() -> None:
-    public = f"arn:aws:ssm:{REGION}::parameter/aws/service/canonical/ubuntu/server/20.04/stable/current/amd64/hvm/ebs-gp2/ami-id"
-    assert allowed(Request("ssm:GetParameter", [(public, {})]))
+    from edx_remote_cache.domain.spec import DEFAULT_AMI_PARAMETERS
+
+    for parameter in DEFAULT_AMI_PARAMETERS.values():  # both architectures' default
+        public = f"arn:aws:ssm:{REGION}::parameter{parameter}"
+        assert allowed(Request("ssm:GetParameter", [(public, {})])), parameter
     secret = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter/prod/edxapp/DATABASE_PASSWORD"
     assert not allowed(Request("ssm:GetParameter", [(secret, {})]))
 

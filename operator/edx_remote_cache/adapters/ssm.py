@@ -1,9 +1,14 @@
 """Thin boto3 adapter for SSM Run Command: run one bash script on one instance and return what it printed.
 
 It hides the parts of SSM that bite: GetCommandInvocation answers ``InvocationDoesNotExist`` for a moment
-after SendCommand, busy accounts get ``ThrottlingException``, DescribeInstanceInformation takes at most 50
-instance ids per call, and a command to an offline agent waits for its delivery timeout. Polling starts at
-0.1 s and backs off with jitter, so a short script on a healthy agent returns in well under a second.
+after SendCommand, DescribeInstanceInformation takes at most 50 instance ids per call, and a command to an
+offline agent waits for its delivery timeout. Polling starts at 0.1 s and backs off with jitter, so a short
+script on a healthy agent returns in well under a second.
+
+Throttling is not retried here: the client's botocore standard retry mode (``adapters.aws.client_config``,
+used by ``make_clients`` and ``from_boto3``) already retries throttling and 5xx answers with backoff, and one
+layer is the whole budget (a retry loop here on top of it multiplied one call into dozens of attempts). Paged
+reads use boto3's paginators.
 
 The client is injected (``SsmAdapter(boto3.client("ssm"))``); tests pass a sandbox or a Stubber client.
 """
@@ -13,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,21 +35,12 @@ __all__ = [
 DOCUMENT = "AWS-RunShellScript"
 MAX_IDS_PER_CALL = 50  # DescribeInstanceInformation's InstanceIds filter and SendCommand's InstanceIds
 TERMINAL_STATUSES = frozenset({"Success", "Failed", "Cancelled", "TimedOut"})
-THROTTLE_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "ThrottledException",
-    }
-)
 # SendCommand refusals that mean "this instance cannot take commands right now", not "the request is wrong".
 UNREACHABLE_CODES = frozenset({"InvalidInstanceId", "UnsupportedPlatformType", "InvalidTarget"})
 
 
 class SsmError(RuntimeError):
-    """An SSM API call failed for good (after retries); ``code`` is AWS's error code."""
+    """An SSM API call failed for good (after botocore's retries); ``code`` is AWS's error code."""
 
     def __init__(self, code: str, message: str, *, operation: str = "") -> None:
         self.code = code
@@ -102,7 +98,6 @@ class SsmAdapter:
         max_poll: float = 2.0,
         delivery_timeout: int = 30,
         appear_grace: float = 30.0,
-        api_retries: int = 8,
     ) -> None:
         self.client = client
         self._sleep = sleep
@@ -113,55 +108,53 @@ class SsmAdapter:
         self.max_poll = max_poll
         self.delivery_timeout = max(30, int(delivery_timeout))  # SSM's minimum TimeoutSeconds
         self.appear_grace = appear_grace
-        self.api_retries = api_retries
 
     @classmethod
     def from_boto3(
         cls, *, region: str, endpoint_url: str | None = None, session: Any = None, **kwargs: Any
     ) -> SsmAdapter:
-        """Build on a boto3 client (``endpoint_url`` points at the sandbox's loopback moto server)."""
+        """Build on a boto3 client with the operator's retry configuration (``endpoint_url`` points at the
+        sandbox's loopback moto server)."""
         import boto3
 
+        from edx_remote_cache.adapters.aws.clients import client_config  # aws imports this module
+
         factory = session.client if session is not None else boto3.client
-        return cls(factory("ssm", region_name=region, endpoint_url=endpoint_url), **kwargs)
+        return cls(
+            factory("ssm", region_name=region, endpoint_url=endpoint_url, config=client_config()), **kwargs
+        )
 
     # ------------------------------------------------------------------------------------------ API calls
 
     def _call(self, operation: str, **params: Any) -> Mapping[str, Any]:
-        """One API call, retried with jittered backoff while SSM throttles us."""
-        delay = 0.2
-        for attempt in range(self.api_retries + 1):
-            try:
-                response: Mapping[str, Any] = getattr(self.client, operation)(**params)
-                return response
-            except ClientError as exc:
-                if _code(exc) not in THROTTLE_CODES or attempt == self.api_retries:
-                    raise SsmError(_code(exc), _message(exc), operation=operation) from None
-            self._sleep(delay * self._jitter(0.5, 1.5))
-            delay = min(delay * 2, 5.0)
-        raise AssertionError("unreachable")  # pragma: no cover
+        """One API call (botocore's standard mode has already retried throttling); errors become SsmError."""
+        try:
+            response: Mapping[str, Any] = getattr(self.client, operation)(**params)
+        except ClientError as exc:
+            raise SsmError(_code(exc), _message(exc), operation=operation) from None
+        return response
+
+    def _items(self, operation: str, key: str, **params: Any) -> Iterator[Mapping[str, Any]]:
+        """Every item under ``key`` across the pages of a paginated read (boto3's paginator follows NextToken)."""
+        try:
+            for page in self.client.get_paginator(operation).paginate(**params):
+                yield from page.get(key, ())
+        except ClientError as exc:
+            raise SsmError(_code(exc), _message(exc), operation=operation) from None
 
     def ping_statuses(self, instance_ids: Sequence[str]) -> dict[str, str]:
         """instance id → PingStatus (Online, ConnectionLost, Inactive); "NotRegistered" when SSM has no record."""
         ids = list(dict.fromkeys(instance_ids))
         out = {instance_id: "NotRegistered" for instance_id in ids}
         for start in range(0, len(ids), MAX_IDS_PER_CALL):
-            batch = ids[start : start + MAX_IDS_PER_CALL]
-            token: str | None = None
-            while True:
-                params: dict[str, Any] = {
-                    "Filters": [{"Key": "InstanceIds", "Values": batch}],
-                    "MaxResults": MAX_IDS_PER_CALL,
-                }
-                if token:
-                    params["NextToken"] = token
-                page = self._call("describe_instance_information", **params)
-                for info in page.get("InstanceInformationList", []):
-                    if info.get("InstanceId") in out:
-                        out[info["InstanceId"]] = str(info.get("PingStatus", "Unknown"))
-                token = page.get("NextToken")
-                if not token:
-                    break
+            for info in self._items(
+                "describe_instance_information",
+                "InstanceInformationList",
+                Filters=[{"Key": "InstanceIds", "Values": ids[start : start + MAX_IDS_PER_CALL]}],
+                PaginationConfig={"PageSize": MAX_IDS_PER_CALL},
+            ):
+                if info.get("InstanceId") in out:
+                    out[info["InstanceId"]] = str(info.get("PingStatus", "Unknown"))
         return out
 
     def send(
@@ -190,21 +183,15 @@ class SsmAdapter:
 
     def invocations(self, command_id: str) -> list[Mapping[str, Any]]:
         """Every invocation of a command with its short output (ListCommandInvocations, Details=True, paged)."""
-        out: list[Mapping[str, Any]] = []
-        token: str | None = None
-        while True:
-            params: dict[str, Any] = {
-                "CommandId": command_id,
-                "Details": True,
-                "MaxResults": MAX_IDS_PER_CALL,
-            }
-            if token:
-                params["NextToken"] = token
-            page = self._call("list_command_invocations", **params)
-            out.extend(page.get("CommandInvocations", []))
-            token = page.get("NextToken")
-            if not token:
-                return out
+        return list(
+            self._items(
+                "list_command_invocations",
+                "CommandInvocations",
+                CommandId=command_id,
+                Details=True,
+                PaginationConfig={"PageSize": MAX_IDS_PER_CALL},
+            )
+        )
 
     def cancel(self, command_id: str) -> None:
         """Best effort: stop a command we no longer wait for."""
@@ -232,9 +219,6 @@ class SsmAdapter:
                 code = _code(exc)
                 if code == "InvocationDoesNotExist" and self._clock() < appear_by:
                     continue  # SendCommand has not propagated to the invocation store yet
-                if code in THROTTLE_CODES and self._clock() < give_up:
-                    delay = min(self.max_poll * 2, delay * 2)
-                    continue
                 raise SsmError(code, _message(exc), operation="get_command_invocation") from None
             status = str(inv.get("Status", ""))
             if status in TERMINAL_STATUSES:

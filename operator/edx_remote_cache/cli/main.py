@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 
 # subcommand module -> what it does; each module has add_parser(subparsers) and run(args) -> int
@@ -23,6 +24,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="edx-remote-cache",
         description="Run an Open edX site's memcached on its own EC2 host, and keep it there.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in SUBCOMMANDS.items():
         if only is not None and name != only:
@@ -35,6 +37,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             continue
         module.add_parser(subparsers)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (what pip, the image tag and the chart's appVersion say)."""
+    try:
+        return importlib.metadata.version("edx-remote-cache")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _unavailable(exc: Exception) -> int:

@@ -1,7 +1,8 @@
-"""``edx-remote-cache probe HOST:PORT ...``: a memcstat-like look at cache endpoints with a plain verdict.
+"""edx-remote-cache probe HOST:PORT ...: a memcstat-like look at cache endpoints with a plain verdict.
 
 Exit status 0 only when every endpoint is HEALTHY, so it works in scripts and readiness checks.
-Addresses go through :func:`resolver_from_env`, so inside the sandbox EC2 endpoints map to loopback.
+Addresses go through the resolver of $EDX_REMOTE_CACHE_ADDRESS_MAP, so inside the sandbox EC2 endpoints map
+to loopback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import sys
 from typing import Any, TextIO
 
 from edx_remote_cache.adapters.probe import ProbeResult, probe_many
-from edx_remote_cache.adapters.resolver import resolver_from_env
+from edx_remote_cache.adapters.resolver import ENV_ADDRESS_MAP, resolver_from_env
+from edx_remote_cache.cli.help import add_subcommand
 
 __all__ = ["DEFAULT_TIMEOUT", "add_parser", "format_result", "main", "run", "verdict"]
 
@@ -34,17 +36,22 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         type=_positive_float,
         default=DEFAULT_TIMEOUT,
         metavar="S",
-        help=f"seconds allowed per endpoint (default {DEFAULT_TIMEOUT:g})",
+        help="seconds allowed per endpoint",
     )
     parser.set_defaults(func=run)
 
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``probe`` subcommand to an ``argparse`` subparsers object (sets ``func=run``)."""
-    parser = subparsers.add_parser(
+    parser = add_subcommand(
+        subparsers,
         "probe",
-        help="check memcached endpoints (version, stats, canary set/get/delete)",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        summary="check memcached endpoints (version, stats, canary set/get/delete)",
+        description=__doc__ or "",
+        env={
+            ENV_ADDRESS_MAP: "endpoint address map (the sandbox sets it; unset: dial the endpoints as given)"
+        },
+        exit_codes={0: "every endpoint is HEALTHY", 1: "at least one is not", 2: "usage error"},
     )
     _configure(parser)
 

@@ -1,4 +1,4 @@
-"""``edx-remote-cache rewrite``: point an Open edX host's memcached settings at a remote cache, in place.
+"""edx-remote-cache rewrite: point an Open edX host's memcached settings at a remote cache, in place.
 
 Every file is read and rewritten in memory first; nothing is written unless all of them parse, so a typo in
 one file never leaves a host half re-pointed. Writes are atomic (temp file + rename) with a backup copy.
@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from edx_remote_cache.cli.help import add_subcommand
 from edx_remote_cache.domain.rewrite import (
     DEFAULT_PORT,
     RewriteError,
@@ -88,24 +89,31 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         metavar="SUFFIX",
         type=_suffix,
         default=None,
-        help="suffix of the backup copy (default .bak-<UTC timestamp>; '' for no backup)",
+        help="suffix of the backup copy: .bak-<UTC timestamp> when not given; '' for no backup",
     )
     parser.add_argument(
         "--port",
         type=_port,
         default=DEFAULT_PORT,
         metavar="N",
-        help=f"port of the local memcached being moved away from / back to (default {DEFAULT_PORT})",
+        help="port of the local memcached being moved away from / back to",
     )
     parser.set_defaults(func=run)
 
 
 def add_parser(subparsers: Any) -> None:
     """Add the ``rewrite`` subcommand to an ``argparse`` subparsers object (sets ``func=run``)."""
-    parser = subparsers.add_parser(
+    parser = add_subcommand(
+        subparsers,
         "rewrite",
-        help="repoint memcached in Open edX YAML config (CACHES LOCATION, *_MEMCACHE vars)",
-        description=__doc__.splitlines()[0] if __doc__ else None,
+        summary="repoint memcached in Open edX YAML config (CACHES LOCATION, *_MEMCACHE vars)",
+        description=__doc__ or "",
+        env={},
+        exit_codes={
+            EXIT_OK: "done (or nothing to change)",
+            EXIT_CHANGES: "--check found something to change",
+            EXIT_ERROR: "usage or input error; nothing was written",
+        },
     )
     _configure(parser)
 

@@ -7,10 +7,27 @@ import logging
 import os
 from typing import Any
 
+from edx_remote_cache.adapters.resolver import ENV_ADDRESS_MAP
+from edx_remote_cache.cli.help import AWS_ENV, add_subcommand
+from edx_remote_cache.domain.crd import CRD_ENV
+
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "run", help="run the operator against the current kubeconfig / in-cluster API"
+    parser = add_subcommand(
+        subparsers,
+        "run",
+        summary="run the operator against the current kubeconfig / in-cluster API",
+        description="Run the operator: watch EdxRemoteCache objects, keep each one's EC2 cache host, security\n"
+        "group and Open edX hosts as the spec says, and report in status, events and /metrics.\n"
+        "Runs until SIGTERM/SIGINT; kopf peering lets several replicas share the work (one acts).",
+        env={
+            "KUBECONFIG": "kubeconfig to use outside a cluster (in-cluster config otherwise)",
+            "EDX_REMOTE_CACHE_PEERING": "peering name when --peering is not given",
+            CRD_ENV: "path of the CRD whose schema the operator validates with",
+            ENV_ADDRESS_MAP: "endpoint address map (the sandbox's; unset in production)",
+            "AWS_*": AWS_ENV + " (boto3's usual chain)",
+        },
+        exit_codes={0: "stopped cleanly", 1: "the operator failed (see the log)", 2: "usage error"},
     )
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
@@ -37,8 +54,14 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
     )
-    parser.add_argument("--metrics-addr", default="0.0.0.0", help="address for /metrics (default 0.0.0.0)")
-    parser.add_argument("--verbose", "-v", action="store_true")
+    parser.add_argument("--metrics-addr", default="0.0.0.0", help="address for /metrics")
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines, or one JSON object per line (kopf's JSON formatter) for log collectors",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     parser.set_defaults(func=run)
 
 
@@ -48,10 +71,13 @@ def run(args: argparse.Namespace) -> int:
     from edx_remote_cache.app import handlers
     from edx_remote_cache.app.settings import Settings
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.log_format == "json":  # kopf's formatter: one object per line, with the object's reference
+        kopf.configure(verbose=args.verbose, debug=args.verbose, log_format=kopf.LogFormat.JSON)
+    else:
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     handlers.configure(
         Settings(
             metrics_port=args.metrics_port,

@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 
 from edx_remote_cache import GROUP, KIND
-from edx_remote_cache.domain.crd import schema_problems
+from edx_remote_cache.cli.help import add_subcommand
+from edx_remote_cache.domain.crd import CRD_ENV, schema_problems
 from edx_remote_cache.domain.spec import SpecError, parse_spec
 
 EXIT_OK, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
@@ -79,10 +80,20 @@ def validate_files(paths: Iterable[str]) -> tuple[list[Problem], list[str], int]
 
 
 def add_parser(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = add_subcommand(
+        subparsers,
         "validate",
-        help="check EdxRemoteCache manifests offline (CRD schema + operator rules)",
-        description="Exit 0 when every EdxRemoteCache is valid, 1 when any is not, 2 on unreadable input.",
+        summary="check EdxRemoteCache manifests offline (CRD schema + operator rules)",
+        description="Check EdxRemoteCache manifests offline, for pre-merge CI in a GitOps repository: each object\n"
+        "against the CRD schema (what the apiserver would refuse) and the operator's own rules (what it\n"
+        "would mark Stalled, e.g. an amiParameter of the other architecture than the instance type).\n"
+        "Other kinds in the files are skipped. No cluster and no AWS access needed.",
+        env={CRD_ENV: "path of the CRD to validate against (default: the checkout's crds/)"},
+        exit_codes={
+            EXIT_OK: "every EdxRemoteCache is valid",
+            EXIT_INVALID: "at least one is not (each problem printed as FILE: NS/NAME: PATH: MESSAGE)",
+            EXIT_UNREADABLE: "a file could not be read or is not YAML",
+        },
     )
     parser.add_argument(
         "files", nargs="+", metavar="FILE", help="YAML files; multi-document; other kinds skipped"

@@ -80,6 +80,7 @@ class Facts:
 
     generation: int
     paused: bool = False
+    paused_by: str = "spec.paused"  # which switch paused it: spec.paused or the pause annotation
     spec_error: str | None = None  # "spec.instanceType: ... ; fix: ..."; terminal until the spec changes
     terminal_error: str | None = None  # e.g. "UnauthorizedOperation: You are not authorized ..."; terminal
     instances_desired: int = 1
@@ -253,7 +254,7 @@ def _reconciling_condition(facts: Facts) -> tuple[str, str, str]:
     if facts.deleting:
         return "True", "Deleting", "deleting cloud resources"
     if facts.paused:
-        return "False", "Paused", "reconciliation is paused (spec.paused); nothing will be changed"
+        return "False", "Paused", f"reconciliation is paused ({facts.paused_by}); nothing will be changed"
     if facts.healing:
         return "True", "Healing", f"healing: {facts.healing}"
     if facts.converging:

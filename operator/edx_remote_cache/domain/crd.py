@@ -44,27 +44,32 @@ def openapi_schema(crd: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return copy.deepcopy(served_version(crd or load_crd())["schema"]["openAPIV3Schema"])
 
 
-def to_jsonschema(node: Mapping[str, Any]) -> dict[str, Any]:
-    """OpenAPI v3 structural schema → JSON Schema 2020-12, for the validator and the sandbox's apiserver alike.
+def to_jsonschema(node: Any, *, closed: bool = True) -> Any:
+    """OpenAPI v3 structural schema -> JSON Schema 2020-12, the one conversion the validator and the sandbox share.
 
-    x-kubernetes-* keys go (int-or-string becomes an anyOf, preserve-unknown-fields leaves the object open);
-    OpenAPI 3.0's ``nullable`` and boolean ``exclusiveMinimum``/``exclusiveMaximum`` become their 2020-12 forms;
-    every other object with properties is closed, so a misspelled field is an error rather than ignored.
+    x-kubernetes-* keys, descriptions, defaults and examples are dropped; ``nullable``, OpenAPI 3.0's boolean
+    ``exclusiveMinimum``/``exclusiveMaximum`` and ``x-kubernetes-int-or-string`` are translated. ``closed``
+    (the validator) forbids unknown fields where the schema does not preserve them, so a typo is an error; an
+    apiserver (the sandbox) prunes unknown fields before validating instead and passes ``closed=False``.
     """
+    if isinstance(node, list):
+        return [to_jsonschema(n, closed=closed) for n in node]
+    if not isinstance(node, dict):
+        return node
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in ("properties", "patternProperties"):
-            out[key] = {name: to_jsonschema(sub) for name, sub in value.items()}
+            out[key] = {k: to_jsonschema(v, closed=closed) for k, v in value.items()}
         elif key in ("items", "additionalProperties", "not") and isinstance(value, Mapping):
-            out[key] = to_jsonschema(value)
+            out[key] = to_jsonschema(value, closed=closed)
         elif key in ("allOf", "anyOf", "oneOf"):
-            out[key] = [to_jsonschema(sub) for sub in value]
-        elif key.startswith("x-kubernetes-") or key == "nullable":
+            out[key] = [to_jsonschema(v, closed=closed) for v in value]
+        elif key.startswith("x-kubernetes-") or key in ("description", "default", "example", "nullable"):
             continue
         elif key in ("exclusiveMinimum", "exclusiveMaximum") and isinstance(value, bool):
             continue  # OpenAPI 3.0's boolean form, translated below
         else:
-            out[key] = copy.deepcopy(value)
+            out[key] = value
     for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
         if node.get(flag) is True and bound in out:
             out[flag] = out.pop(bound)
@@ -73,11 +78,8 @@ def to_jsonschema(node: Mapping[str, Any]) -> dict[str, Any]:
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
-    if (
-        out.get("type") == "object"
-        and "properties" in out
-        and not node.get("x-kubernetes-preserve-unknown-fields")
-    ):
+    open_object = node.get("x-kubernetes-preserve-unknown-fields") or out.get("type") != "object"
+    if closed and "properties" in out and not open_object:
         out.setdefault("additionalProperties", False)
     return out
 
@@ -113,23 +115,21 @@ def schema_problems(obj: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
-    """Fill in schema defaults the way a structural apiserver does (for fields of objects that are present).
-
-    Returns a new value; recurses into properties, ``additionalProperties`` maps and list items.
-    """
+    """Fill in schema defaults the way a structural apiserver does: for fields of objects that are present, in
+    nested objects, list items and additionalProperties maps. Returns a new value; the input is not changed."""
     if isinstance(value, list):
         items = schema.get("items")
-        return [apply_defaults(items, v) for v in value] if isinstance(items, Mapping) else value
+        return [apply_defaults(items, v) for v in value] if isinstance(items, Mapping) else list(value)
     if not isinstance(value, dict):
         return value
-    out = dict(value)
     props: Mapping[str, Any] = schema.get("properties") or {}
+    extra = schema.get("additionalProperties")
+    out = dict(value)
     for name, sub in props.items():
         if name not in out and "default" in sub:
             out[name] = copy.deepcopy(sub["default"])
-    extra = schema.get("additionalProperties")
-    for name, item in out.items():
+    for name in list(out):
         sub = props.get(name, extra if isinstance(extra, Mapping) else None)
         if sub is not None:
-            out[name] = apply_defaults(sub, item)
+            out[name] = apply_defaults(sub, out[name])
     return out

@@ -13,12 +13,37 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from edx_remote_cache.domain.userdata import ExtraArgError, MemcachedSettings, parse_extra_arg
 
-DEFAULT_AMI_PARAMETER = "/aws/service/canonical/ubuntu/server/20.04/stable/current/amd64/hvm/ebs-gp2/ami-id"
+# The cache host runs Ubuntu 24.04 LTS (memcached 1.6.24 from its archive; the user-data, the memcached.conf
+# format and the extraArgs allow-list are checked against memcached 1.6). It does not need the Open edX hosts'
+# release. Canonical publishes the current AMI per architecture as a public SSM parameter.
+UBUNTU_RELEASE = "24.04"
+UBUNTU_MEMCACHED_VERSION = "1.6.24-1build3"
+_UBUNTU_PARAMETER = "/aws/service/canonical/ubuntu/server/{release}/stable/current/{arch}/hvm/ebs-gp3/ami-id"
+DEFAULT_AMI_PARAMETERS = {
+    "x86_64": _UBUNTU_PARAMETER.format(release=UBUNTU_RELEASE, arch="amd64"),
+    "arm64": _UBUNTU_PARAMETER.format(release=UBUNTU_RELEASE, arch="arm64"),
+}
+DEFAULT_AMI_PARAMETER = DEFAULT_AMI_PARAMETERS["x86_64"]
+# What CRDs before Ubuntu 24.04 filled in as the default; stored objects still carry it, and it is read as "not set"
+# (20.04 is out of standard support). It only chooses the AMI of future launches: running hosts are not replaced.
+LEGACY_DEFAULT_AMI_PARAMETERS = frozenset(
+    {"/aws/service/canonical/ubuntu/server/20.04/stable/current/amd64/hvm/ebs-gp2/ami-id"}
+)
+# Graviton (arm64) families carry a "g" after the generation: t4g, m7g, c7gn, r8g, x2gd, im4gn, is4gen, g5g; a1 too.
+_GRAVITON_FAMILY = re.compile(r"^(a1|[a-z]+[0-9]+[a-z]*g[a-z]*)$")
 DEFAULT_CONFIG_FILES = (
     "/edx/etc/lms.yml",
     "/edx/etc/studio.yml",
@@ -43,8 +68,27 @@ INSTANCE_TYPE_RAM_MIB: dict[str, int] = {
     "m5.large": 8192, "m5.xlarge": 16384, "m5.2xlarge": 32768, "m6i.large": 8192, "m6i.xlarge": 16384,
     "r5.large": 16384, "r5.xlarge": 32768, "r5.2xlarge": 65536, "r6i.large": 16384, "r6i.xlarge": 32768,
     "r6g.large": 16384, "r6g.xlarge": 32768, "c5.large": 4096, "c5.xlarge": 8192,
+    "t4g.micro": 1024, "t4g.xlarge": 16384, "m7g.medium": 4096, "m7g.large": 8192, "m7g.xlarge": 16384,
+    "r7g.medium": 8192, "r7g.large": 16384, "r7g.xlarge": 32768, "c7g.large": 4096, "c7g.xlarge": 8192,
+    "m7i.large": 8192, "m7i.xlarge": 16384, "r7i.large": 16384, "r7i.xlarge": 32768,
 }  # fmt: skip
-MEMORY_SHARE = 0.75  # leave a quarter of the RAM to the OS, the SSM agent and connection buffers
+# Leave a quarter of the RAM to Ubuntu 24.04 (about 250 MiB with the SSM agent and snapd), memcached 1.6's
+# per-connection buffers and its hash table: on a 1 GiB type that still leaves memcached 768 MiB of items.
+MEMORY_SHARE = 0.75
+
+
+def instance_architecture(instance_type: str) -> str:
+    """EC2's architecture name for an instance type: "arm64" for Graviton families, else "x86_64"."""
+    return "arm64" if _GRAVITON_FAMILY.match(instance_type.partition(".")[0]) else "x86_64"
+
+
+def parameter_architecture(parameter: str) -> str | None:
+    """The architecture an AMI parameter's path names (Canonical's and Amazon's paths do), or None."""
+    parts = set(re.split(r"[/_-]", parameter.lower()))
+    if "arm64" in parts:
+        return "arm64"
+    return "x86_64" if parts & {"amd64", "x86"} else None
+
 
 _INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
 _SG_ID = re.compile(r"^sg-[0-9a-f]{8,17}$")
@@ -136,7 +180,9 @@ class RootVolume(_Model):
 class InstanceSpec(_Model):
     instance_type: str = "t3.medium"
     ami: str | None = None
-    ami_parameter: str = DEFAULT_AMI_PARAMETER
+    ami_parameter: str = (
+        DEFAULT_AMI_PARAMETER  # when unset, the Ubuntu 24.04 image of the type's architecture
+    )
     subnet_id: str
     key_name: str | None = Field(None, max_length=255)
     iam_instance_profile: str | None = Field(None, max_length=2048)
@@ -144,6 +190,20 @@ class InstanceSpec(_Model):
     tags: dict[str, TagValue] = {}
     replicas: int = Field(1, ge=1, le=16)
     adopt_instance_ids: list[InstanceId] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_ami_parameter(cls, data: Any) -> Any:
+        """No amiParameter (or the pre-24.04 default): Ubuntu 24.04 for the instance type's architecture."""
+        if not isinstance(data, Mapping):
+            return data
+        given = data.get("amiParameter", data.get("ami_parameter"))
+        if given is None or given in LEGACY_DEFAULT_AMI_PARAMETERS:
+            itype = data.get("instanceType", data.get("instance_type", "t3.medium"))
+            arch = instance_architecture(itype) if isinstance(itype, str) else "x86_64"
+            data = {k: v for k, v in data.items() if k not in ("amiParameter", "ami_parameter")}
+            data["amiParameter"] = DEFAULT_AMI_PARAMETERS[arch]
+        return data
 
     @field_validator("instance_type")
     @classmethod
@@ -179,7 +239,9 @@ class MemcachedSpec(_Model):
     @field_validator("version")
     @classmethod
     def _version(cls, v: str | None) -> str | None:
-        return v if v is None else _pattern(v, re.compile(r"^[0-9][A-Za-z0-9.+~:-]*$"), "1.5.22-2ubuntu0.2")
+        return (
+            v if v is None else _pattern(v, re.compile(r"^[0-9][A-Za-z0-9.+~:-]*$"), UBUNTU_MEMCACHED_VERSION)
+        )
 
 
 class NetworkSpec(_Model):
@@ -319,6 +381,15 @@ def _cross_field_problems(spec: EdxRemoteCacheSpec) -> list[SpecProblem]:
                         )
                     )
     itype = spec.instance.instance_type
+    wanted, named = instance_architecture(itype), parameter_architecture(spec.instance.ami_parameter)
+    if spec.instance.ami is None and named is not None and named != wanted:
+        problems.append(
+            SpecProblem(
+                "spec.instance.amiParameter",
+                f"names an {named} image but {itype} runs {wanted}; remove amiParameter (the default follows the "
+                f"instance type) or use {DEFAULT_AMI_PARAMETERS[wanted]}",
+            )
+        )
     ram = INSTANCE_TYPE_RAM_MIB.get(itype)
     if ram is None and spec.memcached.memory_mi_b is None:
         problems.append(

@@ -29,7 +29,7 @@ from edx_remote_cache.domain.cloud.diff import diff, endpoints
 from edx_remote_cache.domain.cloud.model import Owner
 from edx_remote_cache.domain.cloud.normalize import edx_security_groups
 from edx_remote_cache.domain.conditions import Facts
-from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
+from edx_remote_cache.domain.spec import EdxRemoteCacheSpec, instance_architecture
 from edx_remote_cache.reconciler.state import (
     Adapters,
     CloudOutcome,
@@ -67,7 +67,10 @@ class CloudPass:
         lookups = adapters.lookups(region)
         observer = adapters.observer(region, float(spec.drift_interval_seconds))
         image = await asyncio.to_thread(
-            lookups.image, ami=spec.instance.ami, ami_parameter=spec.instance.ami_parameter
+            lookups.image,
+            ami=spec.instance.ami,
+            ami_parameter=spec.instance.ami_parameter,
+            architecture=instance_architecture(spec.instance.instance_type),
         )
         vpc_id = await asyncio.to_thread(lookups.vpc_id, spec.instance.subnet_id)
         edx = await asyncio.to_thread(  # one batched read per region per drift interval, shared by all resources

@@ -34,6 +34,7 @@ from edx_remote_cache.reconciler.state import (
     ResourceState,
     is_paused,
     owner_key,
+    pause_switch,
 )
 from edx_remote_cache.reconciler.status import StatusPublisher
 from edx_remote_cache.reconciler.teardown import Teardown
@@ -121,7 +122,8 @@ class Reconciler:
         if state.stalled_generation == ref.generation and trigger != "spec":
             return  # terminal until the spec changes: no retry loop
         state.stalled_generation = None
-        paused = is_paused(obj, spec)
+        paused_by = pause_switch(obj, spec)
+        paused = paused_by is not None
         try:
             cloud = await self.cloud.run(obj, state, spec, ref.owner, mutate=not paused)
         except TerminalAwsError as exc:
@@ -134,7 +136,7 @@ class Reconciler:
             raise RequeueError(f"AWS {exc.code}: {exc.message}", delay=5.0) from exc
         hosts = await self.hosts.run(obj, state, spec, cloud, mutate=not paused, trigger=trigger)
         await self.prober.probe(obj, state, spec, cloud.endpoints)
-        facts = self.status.facts(state, spec, ref.generation, cloud, hosts, paused=paused)
+        facts = self.status.facts(state, spec, ref.generation, cloud, hosts, paused_by=paused_by)
         await self.status.publish(obj, state, facts, **self.status.cloud_parts(cloud, spec, hosts, state))
         if cloud.plan.mutating or cloud.plan.of_type(WaitFor):
             raise RequeueError("cloud resources are still converging", delay=2.0)

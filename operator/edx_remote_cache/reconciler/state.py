@@ -174,9 +174,18 @@ def progress_status(
     }
 
 
-def is_paused(obj: Mapping[str, Any], spec: EdxRemoteCacheSpec | None) -> bool:
+def pause_switch(obj: Mapping[str, Any], spec: EdxRemoteCacheSpec | None) -> str | None:
+    """Which switch pauses the object ("spec.paused" or the annotation), so the status names the one to undo."""
+    if spec and spec.paused:
+        return "spec.paused"
     annotations = (obj.get("metadata") or {}).get("annotations") or {}
-    return bool(spec and spec.paused) or str(annotations.get(PAUSE_ANNOTATION, "")).lower() == "true"
+    if str(annotations.get(PAUSE_ANNOTATION, "")).lower() == "true":
+        return f"annotation {PAUSE_ANNOTATION}"
+    return None
+
+
+def is_paused(obj: Mapping[str, Any], spec: EdxRemoteCacheSpec | None) -> bool:
+    return pause_switch(obj, spec) is not None
 
 
 def now_dt(clock: Callable[[], float]) -> datetime:

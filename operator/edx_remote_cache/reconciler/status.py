@@ -119,7 +119,7 @@ class StatusPublisher:
         cloud: CloudOutcome,
         hosts: Sequence[HostPushResult],
         *,
-        paused: bool,
+        paused_by: str | None,
     ) -> Facts:
         """What one full pass found: instances, security group, hosts and the last probe."""
         desired = cloud.desired
@@ -138,7 +138,8 @@ class StatusPublisher:
         )
         return Facts(
             generation=generation,
-            paused=paused,
+            paused=paused_by is not None,
+            paused_by=paused_by or "",
             instances_desired=spec.instance.replicas,
             instances_running=min(len(running), spec.instance.replicas),
             instance_message="; ".join(cloud.plan.notes),

@@ -42,10 +42,14 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoReque
 from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
+from edx_remote_cache.domain.spec import DEFAULT_AMI_PARAMETERS
+
 __all__ = [
     "INTERNAL_USER_AGENT",
     "UBUNTU_AMI_ID",
     "UBUNTU_AMI_PARAMETER",
+    "UBUNTU_ARM64_AMI_ID",
+    "UBUNTU_ARM64_AMI_PARAMETER",
     "ApiError",
     "AwsCall",
     "AwsServer",
@@ -57,9 +61,15 @@ _log = logging.getLogger(__name__)
 ACCESS_KEY_ID = "sandbox"
 SECRET_ACCESS_KEY = "sandbox"
 INTERNAL_USER_AGENT = "edx-remote-cache-sandbox-internal"
-UBUNTU_AMI_PARAMETER = "/aws/service/canonical/ubuntu/server/20.04/stable/current/amd64/hvm/ebs-gp2/ami-id"
-UBUNTU_AMI_ID = "ami-0c2004ab5e1d0f7a3"
-UBUNTU_AMI_NAME = "ubuntu/images/hvm-ssd/ubuntu-focal-20.04-amd64-server-20240423"
+# Ubuntu 24.04 LTS as Canonical publishes it: one image and one public SSM parameter per architecture.
+UBUNTU_AMI_PARAMETER = DEFAULT_AMI_PARAMETERS["x86_64"]
+UBUNTU_AMI_ID = "ami-0d2404ab5e1d0f7a3"
+UBUNTU_ARM64_AMI_PARAMETER = DEFAULT_AMI_PARAMETERS["arm64"]
+UBUNTU_ARM64_AMI_ID = "ami-0a2404ab5e1d0f7a4"
+_UBUNTU_IMAGES = (  # (id, parameter, architecture, Canonical's name for the arch)
+    (UBUNTU_AMI_ID, UBUNTU_AMI_PARAMETER, "x86_64", "amd64"),
+    (UBUNTU_ARM64_AMI_ID, UBUNTU_ARM64_AMI_PARAMETER, "arm64", "arm64"),
+)
 CANONICAL_OWNER_ID = "099720109477"
 _READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 _INSTANCE_ID = re.compile(r"<instanceId>(i-[0-9a-f]+)</instanceId>")
@@ -649,7 +659,7 @@ class AwsServer:
         forget_account(self.account_id)
 
     def _create_backends(self) -> None:
-        """Create the EC2/SSM backends without moto's ~1300 default AMIs (2 s), and seed Ubuntu 20.04."""
+        """Create the EC2/SSM backends without moto's ~1300 default AMIs (2 s), and seed Ubuntu 24.04 (both arches)."""
         from moto.ec2.models import ec2_backends
         from moto.ec2.models.amis import Ami
         from moto.ssm.models import Parameter, ssm_backends
@@ -663,36 +673,37 @@ class AwsServer:
                 os.environ.pop("MOTO_EC2_LOAD_DEFAULT_AMIS", None)
             else:
                 os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = previous
-        ec2.amis[UBUNTU_AMI_ID] = Ami(
-            ec2,
-            UBUNTU_AMI_ID,
-            name=UBUNTU_AMI_NAME,
-            description="Canonical, Ubuntu, 20.04 LTS, amd64 focal image build on 2024-04-23",
-            owner_id=CANONICAL_OWNER_ID,
-            public=True,
-            virtualization_type="hvm",
-            architecture="x86_64",
-            root_device_type="ebs",
-            root_device_name="/dev/sda1",
-            hypervisor="xen",
-            region_name=self.region,
-        )
         ssm = ssm_backends[self.account_id][self.region]
-        if UBUNTU_AMI_PARAMETER not in ssm._parameters:
-            ssm._parameters[UBUNTU_AMI_PARAMETER].append(
-                Parameter(
-                    account_id=self.account_id,
-                    name=UBUNTU_AMI_PARAMETER,
-                    value=UBUNTU_AMI_ID,
-                    parameter_type="String",
-                    description=None,
-                    allowed_pattern=None,
-                    keyid=None,
-                    last_modified_date=time_now(),
-                    version=1,
-                    data_type="text",
-                )
+        for image_id, parameter, architecture, arch in _UBUNTU_IMAGES:
+            ec2.amis[image_id] = Ami(
+                ec2,
+                image_id,
+                name=f"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-20250610",
+                description=f"Canonical, Ubuntu, 24.04, {arch} noble image",
+                owner_id=CANONICAL_OWNER_ID,
+                public=True,
+                virtualization_type="hvm",
+                architecture=architecture,
+                root_device_type="ebs",
+                root_device_name="/dev/sda1",
+                hypervisor="xen",
+                region_name=self.region,
             )
+            if parameter not in ssm._parameters:
+                ssm._parameters[parameter].append(
+                    Parameter(
+                        account_id=self.account_id,
+                        name=parameter,
+                        value=image_id,
+                        parameter_type="String",
+                        description=None,
+                        allowed_pattern=None,
+                        keyid=None,
+                        last_modified_date=time_now(),
+                        version=1,
+                        data_type="text",
+                    )
+                )
 
     def ec2_backend(self, region: str | None = None) -> Any:
         from moto.ec2.models import ec2_backends

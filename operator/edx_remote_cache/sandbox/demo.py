@@ -1029,7 +1029,7 @@ class Demo:
         client_ratio = traffic.hit_ratio or 0.0
         self.d.say(
             f"the app saw {hits}/{gets} hits ({client_ratio:.0%}); the operator's probe reads memcached's own"
-            f" stats: {ratio:.0%} (edx_remote_cache_memcached_hit_ratio on its /metrics; status.health gets the"
+            f" stats: {ratio:.0%} (its /metrics counters get_hits_total / get_misses_total; status.health gets the"
             " figure with its next heartbeat)",
             indent=3,
             wrap=True,
@@ -1236,7 +1236,11 @@ class Demo:
         series = self.operator_metrics()
         if series.get("edx_remote_cache_memcached_up") != 1.0:
             return None
-        return series.get("edx_remote_cache_memcached_hit_ratio")
+        hits = series.get("edx_remote_cache_memcached_get_hits_total")
+        misses = series.get("edx_remote_cache_memcached_get_misses_total")
+        if hits is None or misses is None or hits + misses == 0:
+            return None
+        return hits / (hits + misses)  # what PromQL would compute from the two counters
 
     def _address_map(self) -> dict[str, str]:
         try:

@@ -886,7 +886,7 @@ class SsmService:
             "IsLatestVersion": False,
             "PlatformType": "Linux",
             "PlatformName": "Ubuntu",
-            "PlatformVersion": "20.04",
+            "PlatformVersion": "24.04",
             "ResourceType": "EC2Instance",
             "IPAddress": host.private_ip,
             "ComputerName": f"{host.hostname}.ec2.internal",

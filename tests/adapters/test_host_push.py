@@ -22,7 +22,7 @@ import edx_remote_cache
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.host_push import expected_files, push_hosts, revert_hosts
 from edx_remote_cache.adapters.ssm import CommandResult, SsmAdapter, SsmError
-from edx_remote_cache.domain.push_plan import (
+from edx_remote_cache.domain.hosts import (
     BACKUP_SUFFIX,
     KEEP_BACKUPS,
     MAX_SCRIPT_CHARS,

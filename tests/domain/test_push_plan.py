@@ -15,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import edx_remote_cache
-from edx_remote_cache.domain import push_plan as pp
+from edx_remote_cache.domain import hosts as pp
+from edx_remote_cache.domain.hosts import protocol as hosts_protocol
+from edx_remote_cache.domain.hosts import read as hosts_read
 from edx_remote_cache.domain.spec import DEFAULT_ANSIBLE_VARS_FILES, DEFAULT_CONFIG_FILES, OpenedxSpec
 
 FIXTURES = Path(edx_remote_cache.__file__).parent / "data" / "edx"
@@ -51,8 +53,8 @@ def fake_read(
         else:
             digest = "0" * 64 if path == lie else sha(content)
             lines.append(f"ERC-FILE {i} {digest} 0:0 644 {len(content)}")
-    first = pp._stream_budget(len(paths), first=True)
-    later = pp._stream_budget(len(paths), first=False)
+    first = hosts_read._stream_budget(len(paths), first=True)
+    later = hosts_read._stream_budget(len(paths), first=False)
     listed = ",".join(map(str, included)) or "-"
     outputs = [
         "\n".join([*lines, f"ERC-STREAM {len(stream)} {listed}", f"ERC-DATA 0 {stream[:first]}", "ERC-END"])
@@ -95,12 +97,12 @@ def plan(files: Mapping[str, bytes | None], **kwargs: object) -> pp.HostPlan:
 
 @given(st.text(alphabet=st.characters(exclude_characters="\x00"), min_size=1))
 def test_every_value_is_one_shell_word(value: str) -> None:
-    assert shlex.split(pp._q(value)) == [value]
+    assert shlex.split(hosts_protocol._q(value)) == [value]
 
 
 def test_nul_bytes_are_refused() -> None:
     with pytest.raises(ValueError, match="NUL"):
-        pp._q("a\x00b")
+        hosts_protocol._q("a\x00b")
 
 
 def test_relative_or_unnormalised_paths_are_refused() -> None:
@@ -114,8 +116,8 @@ def test_hostile_paths_only_appear_quoted(hostile: str) -> None:
     scripts = [pp.render_read_script([hostile]), pp.render_chunk_script([hostile], [0], 0)]
     scripts.append(pp.render_hash_script([hostile]))
     for script in scripts:
-        assert pp._q(hostile) in script
-        assert script.count("PWNED") == pp._q(hostile).count("PWNED")
+        assert hosts_protocol._q(hostile) in script
+        assert script.count("PWNED") == hosts_protocol._q(hostile).count("PWNED")
 
 
 def test_hostile_restart_and_verify_words_only_appear_quoted() -> None:
@@ -215,7 +217,7 @@ def test_first_read_output_fits_ssm_even_with_the_most_files_and_errors() -> Non
     n = 40  # 32 config files + 8 ansible vars files
     worst_error = base64.b64encode(b"x" * 200).decode()
     header = "\n".join(f"ERC-ERROR {i} {worst_error}" for i in range(n))
-    data = "A" * pp._stream_budget(n, first=True)
+    data = "A" * hosts_read._stream_budget(n, first=True)
     output = "\n".join(
         [
             "ERC-BEGIN 1",

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from edx_remote_cache.adapters.ssm import CommandResult, SsmError
-from edx_remote_cache.domain.push_plan import (
+from edx_remote_cache.domain.hosts import (
     ERROR_STATES,
     LOCAL_MEMCACHED_UNIT,
     STEP_TIMEOUT_SECONDS,

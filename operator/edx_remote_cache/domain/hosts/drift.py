@@ -11,7 +11,7 @@ poll); this module lets :mod:`edx_remote_cache.adapters.host_drift` ask for ever
 * expectations are the first 32 hex digits (128 bits) of each file's sha256: a change that keeps them is a
   second-preimage attack on SHA-256, not an ansible run, and it keeps 500 files per command in the size cap.
 
-The line protocol is the one of :mod:`edx_remote_cache.domain.push_plan` (``ERC-BEGIN`` … ``ERC-END``, free text in
+The line protocol is the one of :mod:`edx_remote_cache.domain.hosts.protocol` (``ERC-BEGIN`` … ``ERC-END``, free text in
 base64), so a hostile file name cannot forge an answer.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from edx_remote_cache.domain.push_plan import (
+from edx_remote_cache.domain.hosts.protocol import (
     MAX_SCRIPT_CHARS,
     ProtocolError,
     _b64text,

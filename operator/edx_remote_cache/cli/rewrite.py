@@ -206,7 +206,7 @@ class _Output:
             # the interpreter flushes stdout again at exit: point it at /dev/null so that is not a traceback
             with contextlib.suppress(OSError, ValueError):
                 devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())
+                os.dup2(devnull, 1)
                 os.close(devnull)
 
 
@@ -230,8 +230,8 @@ class _Signals:
         try:
             yield self
         finally:
-            for signum, handler in self._saved.items():
-                signal.signal(signum, handler)
+            for saved, handler in self._saved.items():
+                signal.signal(saved, handler)
 
 
 # ------------------------------------------------------------------------------------------------ planning

@@ -49,19 +49,24 @@ from edx_remote_cache.domain.rewrite.verify import verify
 __all__ = [
     "DEFAULT_PORT",
     "CacheChange",
+    "Decide",
     "Located",
     "NodeSplice",
+    "Plan",
     "RewriteError",
     "RewriteResult",
     "Skipped",
     "Target",
+    "changes_of",
     "format_endpoint",
     "is_local_endpoint",
     "is_memcached_backend",
     "local_endpoints",
     "parse_endpoint",
+    "push_decider",
     "restore",
     "revert",
+    "revert_decider",
     "rewrite",
 ]
 
@@ -133,6 +138,10 @@ class RewriteResult:
 # ----------------------------------------------------------------------------------------------- public API
 
 
+Plan = list[list[str]]  # per old entry, what it becomes: [old] keeps it, [a, b] expands it, [] drops it
+Decide = Callable[[Target], "Plan | None"]
+
+
 def rewrite(
     text: str, *, to: Sequence[str], replace: Collection[str] = (), port: int = DEFAULT_PORT
 ) -> RewriteResult:
@@ -141,13 +150,7 @@ def rewrite(
     Matching entries are replaced where they stand and other servers are kept, because Django shards keys
     over the LOCATION list in order. Raises :class:`RewriteError` rather than return a partial rewrite.
     """
-    check_port(port)
-    targets = normalize_targets(to, "--to")
-    if not targets:
-        raise RewriteError("at least one target endpoint (--to HOST:PORT) is required")
-    keys = {endpoint_key(e) for e in local_endpoints(port)}
-    keys.update(endpoint_key(e) for e in normalize_targets(replace, "--from"))
-    return _apply(text, lambda entry: endpoint_key(entry) in keys, lambda _alias: targets)
+    return _apply(text, push_decider(to=to, replace=replace, port=port))
 
 
 def revert(
@@ -163,21 +166,48 @@ def revert(
     (``CACHES.default``, ``INSIGHTS_MEMCACHE``; what :attr:`RewriteResult.replaced_local` of the push
     reported), so a revert gives back the bytes the push replaced. Anything not given is ``localhost:port``.
     """
+    return _apply(text, revert_decider(current=current, port=port, local=local))
+
+
+def push_decider(*, to: Sequence[str], replace: Collection[str] = (), port: int = DEFAULT_PORT) -> Decide:
+    """The per-node decision of :func:`rewrite`, for callers that hold :class:`Target` s (the host push
+    rebuilds them from what the host printed): ``decide(target)`` is the plan for
+    :func:`.render.render`, or None to leave the node alone. Arguments are checked once, here."""
+    check_port(port)
+    targets = normalize_targets(to, "--to")
+    if not targets:
+        raise RewriteError("at least one target endpoint (--to HOST:PORT) is required")
+    keys = {endpoint_key(e) for e in local_endpoints(port)}
+    keys.update(endpoint_key(e) for e in normalize_targets(replace, "--from"))
+    return lambda target: _plan(list(target.entries), lambda entry: endpoint_key(entry) in keys, targets)
+
+
+def revert_decider(
+    *, current: Collection[str] = (), port: int = DEFAULT_PORT, local: str | Mapping[str, str] | None = None
+) -> Decide:
+    """The per-node decision of :func:`revert` (see :func:`push_decider`); ``local`` is keyed by path."""
     check_port(port)
     remote = {endpoint_key(e) for e in normalize_targets(current, "current endpoint")}
     default = (f"localhost:{port}",)
     spellings = _local_spellings(local)
 
     def match(entry: str) -> bool:
-        if remote:
-            return endpoint_key(entry) in remote
-        # a Jinja expression ("{{ EDXAPP_MEMCACHE }}" in server-vars.yml) names other vars: not an endpoint
-        return not is_local(entry)
+        return endpoint_key(entry) in remote if remote else not is_local(entry)
 
-    if isinstance(spellings, str):
-        whole = (spellings,)
-        return _apply(text, match, lambda _alias: whole)
-    return _apply(text, match, lambda alias: (spellings[alias],) if alias in spellings else default)
+    def decide(target: Target) -> Plan | None:
+        if isinstance(spellings, str):
+            to: tuple[str, ...] = (spellings,)
+        else:
+            to = (spellings[target.path],) if target.path in spellings else default
+        return _plan(list(target.entries), match, to)
+
+    return decide
+
+
+def changes_of(target: Target, plan: Plan) -> tuple[CacheChange, ...]:
+    """What a plan does to a node, once per path naming it (what :attr:`RewriteResult.changes` lists)."""
+    new = tuple(v for values in plan for v in values)
+    return tuple(CacheChange(path, target.entries, new) for path in target.paths)
 
 
 def _local_spellings(local: str | Mapping[str, str] | None) -> str | dict[str, str]:
@@ -238,11 +268,8 @@ def _find(body: str, path: str) -> Target | None:
 # ------------------------------------------------------------------------------------------------- engine
 
 
-def _apply(text: str, match: Callable[[str], bool], to: Callable[[str], tuple[str, ...]]) -> RewriteResult:
-    """Splice ``to(alias)`` in for the matching entries; a LOCATION shared by aliases uses its first alias.
-
-    Templated entries (``{{ ... }}``) never match: ansible fills them in, so they are not ours to move.
-    """
+def _apply(text: str, decide: Decide) -> RewriteResult:
+    """Splice each node's planned entries in; a LOCATION shared by aliases is planned for its first alias."""
     bom = "\ufeff" if text.startswith("\ufeff") else ""  # libyaml marks do not count the BOM
     body = text[len(bom) :]
     try:
@@ -250,25 +277,21 @@ def _apply(text: str, match: Callable[[str], bool], to: Callable[[str], tuple[st
     except LocateError as exc:
         raise RewriteError(exc.problem, exc.line) from None
 
-    def ours(entry: str) -> bool:
-        return not is_templated(entry) and match(entry)
-
     all_edits: list[Edit] = []
     expected: dict[int, list[str]] = {}  # id(value node) -> entries after the rewrite
     changes: list[tuple[int, CacheChange]] = []
     splices: list[NodeSplice] = []
     for target, node in zip(located.targets, nodes, strict=True):
-        old = list(target.entries)
-        plan = _plan(old, ours, to(target.path))
+        plan = decide(target)
         if plan is None:
             continue
-        new = [v for vals in plan for v in vals]
         spliced = edits(target.source, plan, path=target.path, line=target.line)
         all_edits.extend(edit.shifted(target.start) for edit in spliced)
-        splices.append(NodeSplice(target.path, target.source, splice(target.source, spliced), tuple(new)))
-        expected[id(node)] = new
-        for path, line in zip(target.paths, target.key_lines, strict=True):
-            changes.append((line, CacheChange(path, tuple(old), tuple(new))))
+        expected[id(node)] = [v for vals in plan for v in vals]
+        splices.append(
+            NodeSplice(target.path, target.source, splice(target.source, spliced), tuple(expected[id(node)]))
+        )
+        changes.extend(zip(target.key_lines, changes_of(target, plan), strict=True))
 
     if not all_edits:
         return RewriteResult(text, text, (), located.skipped)
@@ -280,15 +303,18 @@ def _apply(text: str, match: Callable[[str], bool], to: Callable[[str], tuple[st
     return RewriteResult(text, bom + new_body, changes_in_order, located.skipped, tuple(splices))
 
 
-def _plan(entries: list[str], match: Callable[[str], bool], to: tuple[str, ...]) -> list[list[str]] | None:
-    """Per old entry, what it becomes; ``None`` when the list would not change (keeps reruns no-ops)."""
-    if not any(match(entry) for entry in entries):
+def _plan(entries: list[str], match: Callable[[str], bool], to: tuple[str, ...]) -> Plan | None:
+    """Per old entry, what it becomes; ``None`` when the list would not change (keeps reruns no-ops).
+
+    Templated entries (``{{ ... }}``) never match: ansible fills them in, so they are not ours to move.
+    """
+    if not any(match(entry) and not is_templated(entry) for entry in entries):
         return None
     seen: set[tuple[str, int] | str] = set()
     plan: list[list[str]] = []
     for entry in entries:
         values = []
-        for value in to if match(entry) else (entry,):
+        for value in to if match(entry) and not is_templated(entry) else (entry,):
             key = endpoint_key(value)
             if key not in seen:
                 seen.add(key)

@@ -373,7 +373,7 @@ def kind_of(node: Node) -> str:
         return "a list"
     if node.tag == NULL_TAG:
         return "null"
-    return f"the scalar {node.value!r}"
+    return "a scalar"  # never the value: it may be a secret pasted at the wrong indentation
 
 
 def line_of(node: Node) -> int:

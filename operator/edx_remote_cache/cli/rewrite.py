@@ -289,8 +289,10 @@ def _splice_of(node: dict[str, Any]) -> NodeSplice:
     return NodeSplice(*fields, tuple(node["entries"]))
 
 
-def _record_bytes(real: str, runs: list[dict[str, Any]]) -> bytes | None:
-    if not runs:
+def _record_bytes(real: str, runs: list[dict[str, Any]], *, keep: bool = False) -> bytes | None:
+    """The record's new bytes; an emptied record is kept (``keep``) so a second revert knows the file is
+    ours and has nothing left to revert, instead of refusing for lack of a record."""
+    if not runs and not keep:
         return None
     data = {"format": _RECORD_FORMAT, "file": os.path.basename(real), "runs": runs}
     return (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
@@ -316,7 +318,7 @@ def _plan_file(path: str, real: str, args: argparse.Namespace, to: list[str], ba
                 now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
                 runs = [*runs, {"at": now, "backup": backup or None, "nodes": nodes}]
             return _File(path, real, raw, result, record, _record_bytes(real, runs))
-        if runs:
+        if record is not None:
             return _revert_recorded(path, real, raw, text, record, runs, replace)
         if replace:
             return _File(path, real, raw, revert(text, current=replace, port=args.port), record, None)
@@ -356,7 +358,7 @@ def _revert_recorded(
                 kept.append(node)
         if kept:
             kept_runs.append({**run_, "nodes": kept})
-    return _File(path, real, raw, restore(text, undo[::-1]), record, _record_bytes(real, kept_runs))
+    return _File(path, real, raw, restore(text, undo[::-1]), record, _record_bytes(real, kept_runs, keep=True))
 
 
 # ------------------------------------------------------------------------------------------------- writing

@@ -188,3 +188,52 @@ def test_memcache_vars_at_any_depth_are_moved_and_named(
     inner_old[path[-1]] = expected
     assert loaded == data
     assert restore(result.text, result.splices[::-1]).text == doc
+
+
+# ------------------------------------------------------------------ revert o rewrite is the identity
+
+MIXED = st.sampled_from(
+    [
+        "localhost:11211",
+        "127.0.0.1:11211",
+        "[::1]:11211",
+        "cache-1.example.com:11211",
+        "edx.abc123.0001.use1.cache.amazonaws.com:11211",
+        "{{ EXTRA_MEMCACHE }}",
+        "{{ host }}:11211",
+    ]
+)
+
+
+@st.composite
+def mixed_doc(draw: st.DrawFn) -> str:
+    """CACHES and *_MEMCACHE values mixing local, remote, templated and duplicated entries, in every shape."""
+    lines = ["# generated\n", "CACHES:\n"]
+    for i in range(draw(st.integers(1, 3))):
+        entries = draw(st.lists(MIXED, min_size=1, max_size=4))
+        quote = draw(st.sampled_from(["", "'", '"']))
+        items = [f"{quote}{e}{quote}" if quote or e[0].isalnum() else f'"{e}"' for e in entries]
+        shape = draw(st.sampled_from(["block", "flow", "string"]))
+        lines.append(f"  c{i}:\n    BACKEND: django.core.cache.backends.memcached.PyMemcacheCache\n")
+        if shape == "block":
+            lines.append("    LOCATION:\n" + "".join(f"    - {item}\n" for item in items))
+        elif shape == "flow":
+            lines.append(f"    LOCATION: [{', '.join(items)}]\n")
+        else:
+            lines.append(f"    LOCATION: '{';'.join(entries)}'\n")
+    nested = draw(st.lists(MIXED, min_size=1, max_size=3))
+    lines.append("edx:\n  vars:\n    Forum_Memcache:\n" + "".join(f'    - "{e}"\n' for e in nested))
+    return "".join(lines)
+
+
+@SETTINGS
+@given(mixed_doc(), st.booleans())
+def test_restore_after_rewrite_is_the_identity(doc: str, with_from: bool) -> None:
+    replace = ["cache-1.example.com:11211"] if with_from else []
+    once = rewrite(doc, to=[REMOTE, "10.0.0.6:11211"], replace=replace)
+    twice = rewrite(once.text, to=["10.0.0.7:11211"], replace=[REMOTE, "10.0.0.6:11211"])
+    assert restore(twice.text, [*twice.splices[::-1], *once.splices[::-1]]).text == doc
+    assert restore(once.text, once.splices[::-1]).text == doc
+    for change in once.changes:  # what was not ours to move is still there, in order
+        kept = [e for e in change.old if "{" in e or (e.startswith(("cache-1", "edx.")) and not with_from)]
+        assert [e for e in change.new if e in kept] == list(dict.fromkeys(kept))

@@ -1,8 +1,9 @@
-"""Open edX hosts over SSM Run Command, pure: what to read, how to splice, the plan, the apply script, drift.
+"""Open edX hosts over SSM Run Command, pure: what the host reads, the splices, the plan, the apply, drift.
 
 Roles, one module each: :mod:`.protocol` (bash quoting, the ERC line protocol, limits), :mod:`.read` (the
-read scripts and their output), :mod:`.splice` (byte splices), :mod:`.plan` (what a host needs),
-:mod:`.apply` (the script that writes, restarts, verifies and rolls back), :mod:`.drift` (the batched
+reader script: the host parses its own files and prints only value nodes), :mod:`.hostside` (the program the
+host runs, sent after the engine's ``locate.py``), :mod:`.splice` (byte splices), :mod:`.plan` (what a host
+needs), :mod:`.apply` (the script that writes, restarts, verifies and rolls back), :mod:`.drift` (the batched
 hash check), :mod:`.result` (what a push did, as status). No boto3, no sockets, no subprocesses:
 :mod:`edx_remote_cache.adapters.host_push` sends what these render and hands the output back.
 """
@@ -20,6 +21,7 @@ from edx_remote_cache.domain.hosts.apply import (
 from edx_remote_cache.domain.hosts.plan import (
     FileChange,
     HostPlan,
+    NodeChange,
     RestartFor,
     plan_push,
     plan_revert,
@@ -35,23 +37,15 @@ from edx_remote_cache.domain.hosts.protocol import (
     SYSTEMCTL,
     PlanError,
     ProtocolError,
-    TransferError,
     host_paths,
 )
 from edx_remote_cache.domain.hosts.read import (
-    FileMeta,
+    EDXAPP_PYTHON,
     FileRead,
     HostSnapshot,
-    ReadHeader,
     ServiceState,
-    StreamChunk,
-    assemble_snapshot,
-    chunk_offsets,
-    parse_chunk_output,
-    parse_hash_output,
+    host_program,
     parse_read_output,
-    render_chunk_script,
-    render_hash_script,
     render_read_script,
 )
 from edx_remote_cache.domain.hosts.result import (
@@ -61,16 +55,11 @@ from edx_remote_cache.domain.hosts.result import (
     HostState,
     LocalEndpoints,
 )
-from edx_remote_cache.domain.hosts.splice import (
-    Copy,
-    Data,
-    Segment,
-    apply_segments,
-    splice_segments,
-)
+from edx_remote_cache.domain.hosts.splice import Splice, apply_splices
 
 __all__ = [
     "BACKUP_SUFFIX",
+    "EDXAPP_PYTHON",
     "ERROR_STATES",
     "HOST_STATES",
     "KEEP_BACKUPS",
@@ -81,40 +70,29 @@ __all__ = [
     "STEP_TIMEOUT_SECONDS",
     "SYSTEMCTL",
     "ApplyOutcome",
-    "Copy",
-    "Data",
     "FileChange",
-    "FileMeta",
     "FileRead",
     "HostPlan",
     "HostPushResult",
     "HostSnapshot",
     "HostState",
     "LocalEndpoints",
+    "NodeChange",
     "PlanError",
     "ProtocolError",
-    "ReadHeader",
     "RestartFor",
-    "Segment",
     "ServiceState",
+    "Splice",
     "StepLog",
-    "StreamChunk",
-    "TransferError",
-    "apply_segments",
-    "assemble_snapshot",
+    "apply_splices",
     "backup_timestamp",
-    "chunk_offsets",
     "execution_timeout",
     "host_paths",
+    "host_program",
     "parse_apply_output",
-    "parse_chunk_output",
-    "parse_hash_output",
     "parse_read_output",
     "plan_push",
     "plan_revert",
     "render_apply_script",
-    "render_chunk_script",
-    "render_hash_script",
     "render_read_script",
-    "splice_segments",
 ]

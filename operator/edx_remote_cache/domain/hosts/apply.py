@@ -1,21 +1,29 @@
-"""Apply script."""
+"""The one apply script per host: compare-and-swap the splices, back up, rename, restart, verify, roll back.
+
+Why one script: a host is never left half-done because the operator lost its connection between steps. The
+file work runs in the host program (:mod:`.hostside`, after the engine's ``locate.py``): every file must still
+have the sha256 that was read and every splice range the text that was read (else ``Conflict``, nothing
+written); the spliced file is re-parsed and must hold exactly the planned node texts (else nothing written);
+then each file is backed up (a hard link: exact bytes, owner, mode), the new one built next to it with the
+same owner and mode is renamed into place, and the host reports each new sha256 (the operator never saw the
+file, so it cannot compute it). A failed restart or verify restores the backups and restarts again.
+"""
 
 from __future__ import annotations
 
-import base64
 import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from edx_remote_cache.domain.hosts.plan import (
-    HostPlan,
-)
+from edx_remote_cache.domain.hosts.plan import HostPlan
 from edx_remote_cache.domain.hosts.protocol import (
+    _SHA256,
     BACKUP_SUFFIX,
     KEEP_BACKUPS,
     LOCAL_MEMCACHED_UNIT,
+    MAX_FILE_BYTES,
     MAX_SCRIPT_CHARS,
     STEP_TIMEOUT_SECONDS,
     SYSTEMCTL,
@@ -23,21 +31,21 @@ from edx_remote_cache.domain.hosts.protocol import (
     ProtocolError,
     _argv,
     _b64text,
-    _bash_array,
-    _check_path,
     _index,
     _lines,
     _prelude,
-    _q,
 )
-from edx_remote_cache.domain.hosts.result import (
-    HOST_STATES,
-    HostState,
-)
-from edx_remote_cache.domain.hosts.splice import (
-    Copy,
-    Segment,
-)
+from edx_remote_cache.domain.hosts.read import _spec, python_finder
+from edx_remote_cache.domain.hosts.result import HOST_STATES, HostState
+
+__all__ = [
+    "ApplyOutcome",
+    "StepLog",
+    "backup_timestamp",
+    "execution_timeout",
+    "parse_apply_output",
+    "render_apply_script",
+]
 
 
 def backup_timestamp(now: datetime) -> str:
@@ -45,18 +53,9 @@ def backup_timestamp(now: datetime) -> str:
     return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-# ------------------------------------------------------------------------------------------- apply script
-
 _APPLY_FUNCTIONS = """\
 STEP_TIMEOUT={step_timeout}
-TS={ts}
-tmps=()
 swapped=()
-cleanup() {{ local t; for t in ${{tmps[@]+"${{tmps[@]}}"}}; do rm -f -- "$t"; done; }}
-trap cleanup EXIT
-erc_sha() {{ local s; s=$(sha256sum < "$1") || return 1; printf '%s' "${{s%% *}}"; }}
-erc_copy() {{ dd if="$1" iflag=skip_bytes,count_bytes skip="$2" count="$3" bs=65536 status=none; }}
-erc_data() {{ printf '%s' "$1" | base64 -d; }}
 erc_fail() {{ printf 'ERC-FAIL %s\\n' "$(erc_msg "$1" 2000)"; }}
 erc_run() {{
   local label=$1 out rc
@@ -66,96 +65,24 @@ erc_run() {{
   printf 'ERC-STEP %s %s %s\\n' "$label" "$rc" "$(erc_msg "$out" {log_bytes})"
   return $rc
 }}
-erc_restore() {{
-  local i ok=0 r
-  for i in ${{swapped[@]+"${{swapped[@]}}"}}; do
-    r=$(mktemp -- "${{paths[$i]}}.erc-tmp.XXXXXX") && tmps+=("$r") \\
-      && cp -p -- "${{baks[$i]}}" "$r" && mv -f -- "$r" "${{paths[$i]}}" \\
-      && [ "$(erc_sha "${{paths[$i]}}")" = "${{old[$i]}}" ] || {{ erc_fail "could not restore ${{paths[$i]}}"; ok=1; }}
-  done
-  return $ok
-}}
-erc_prune() {{
-  local p=$1 n
-  local -a found
-  shopt -s nullglob
-  found=("$p"{backup_glob})
-  shopt -u nullglob
-  n=$(( ${{#found[@]}} - {keep} ))
-  if [ "$n" -gt 0 ]; then rm -f -- "${{found[@]:0:$n}}"; fi
-}}
+erc_restore() {{ "$erc_py" -c "$ERC_SRC" restore ${{swapped[@]+"${{swapped[@]}}"}}; }}
 """
 
-_APPLY_CHECK = """\
-# 1. compare-before-write: every file must still be what the operator read, before any is touched
-conflict=0
-for i in ${!paths[@]}; do
-  p=${paths[$i]}
-  if [ -L "$p" ] || [ ! -f "$p" ]; then cur=missing; else cur=$(erc_sha "$p") || cur=unreadable; fi
-  if [ "$cur" != "${old[$i]}" ]; then echo "ERC-CONFLICT $i $cur"; conflict=1; fi
-done
-if [ "$conflict" != 0 ]; then echo "ERC-RESULT Conflict"; echo "ERC-END"; exit 3; fi
-
-# 2. build each new file next to the old one (same owner and mode) and check its sha256
-for i in ${!paths[@]}; do
-  p=${paths[$i]}
-  t=$(mktemp -- "$p.erc-tmp.XXXXXX") || { erc_fail "cannot create a temporary file next to $p"; echo "ERC-RESULT Failed"; echo "ERC-END"; exit 1; }
-  tmps+=("$t")
-  tmp[$i]=$t
-  if ! out=$( { "erc_build_$i" "$p" > "$t"; } 2>&1 ); then
-    erc_fail "cannot write the new $p: $out"; echo "ERC-RESULT Failed"; echo "ERC-END"; exit 1
-  fi
-  got=$(erc_sha "$t")
-  if [ "$got" != "${new[$i]}" ]; then echo "ERC-CONFLICT $i rebuilt:$got"; echo "ERC-RESULT Conflict"; echo "ERC-END"; exit 3; fi
-  if ! out=$( { chown --reference="$p" -- "$t" && chmod --reference="$p" -- "$t"; } 2>&1 ); then
-    erc_fail "cannot copy owner/mode of $p: $out"; echo "ERC-RESULT Failed"; echo "ERC-END"; exit 1
-  fi
-done
-
-# 3. last look, then back up (hard link: exact bytes, owner, mode, mtime) and rename into place
-for i in ${!paths[@]}; do
-  if [ "$(erc_sha "${paths[$i]}")" != "${old[$i]}" ]; then echo "ERC-CONFLICT $i changed"; echo "ERC-RESULT Conflict"; echo "ERC-END"; exit 3; fi
-done
-for i in ${!paths[@]}; do
-  p=${paths[$i]}
-  b="$p{suffix}$TS"; n=0
-  while [ -e "$b" ]; do n=$((n + 1)); b="$p{suffix}$TS.$n"; done
-  if ! ln -- "$p" "$b" 2>/dev/null && ! cp -p -- "$p" "$b"; then
-    erc_fail "cannot back up $p"; echo "ERC-RESULT Failed"; echo "ERC-END"; exit 1
-  fi
-  baks[$i]=$b
-  echo "ERC-BACKUP $i ${b#"$p{suffix}"}"
-done
-for i in ${!paths[@]}; do
-  if mv -f -- "${tmp[$i]}" "${paths[$i]}"; then
-    swapped+=("$i")
-  else
-    erc_fail "cannot rename the new ${paths[$i]} into place"
-    if erc_restore; then echo "ERC-RESULT RolledBack"; echo "ERC-END"; exit 4; fi
-    echo "ERC-RESULT Failed"; echo "ERC-END"; exit 5
-  fi
-done
-echo "ERC-WROTE ${#swapped[@]}"
+_APPLY_FILES = """\
+# 1-3. compare-and-swap, build, re-parse and check, back up and rename: all in the host program
+out=$("$erc_py" -c "$ERC_SRC" apply {spec})
+rc=$?
+printf '%s\\n' "$out" | grep '^ERC-' | grep -v '^ERC-SWAPPED '
+mapfile -t swapped < <(printf '%s\\n' "$out" | sed -n 's/^ERC-SWAPPED //p')
+case $rc in
+  0) ;;
+  3) echo "ERC-RESULT Conflict"; echo "ERC-END"; exit 3 ;;
+  4) echo "ERC-RESULT RolledBack"; echo "ERC-END"; exit 4 ;;
+  *) if [ "${{#swapped[@]}}" -gt 0 ] && ! erc_restore; then echo "ERC-RESULT Failed"; echo "ERC-END"; exit 5; fi
+     [ "${{#swapped[@]}}" -gt 0 ] && {{ echo "ERC-RESULT RolledBack"; echo "ERC-END"; exit 4; }}
+     echo "ERC-RESULT Failed"; echo "ERC-END"; exit 1 ;;
+esac
 """
-
-
-def _build_function(index: int, segments: Sequence[Segment]) -> str:
-    body = []
-    for seg in segments:
-        if isinstance(seg, Copy):
-            body.append(f'  erc_copy "$1" {int(seg.start)} {int(seg.length)} || return 1')
-        else:
-            body.append(f"  erc_data {_q(base64.b64encode(seg.content).decode('ascii'))} || return 1")
-    body.append("  return 0")
-    return f"erc_build_{index}() {{\n" + "\n".join(body) + "\n}"
-
-
-def _restart_function(name: str, label: str, restarts: Sequence[Sequence[str]], *, keep_going: bool) -> str:
-    """Restarts in order; a push stops at the first failure, a rollback tries every one (best effort)."""
-    on_error = "rc=1" if keep_going else "return 1"
-    calls = [f"  erc_run {label}.{n} {_argv(argv)} || {on_error}" for n, argv in enumerate(restarts)]
-    return f"{name}() {{\n" + "\n".join(["  local rc=0", *calls, "  return $rc"]) + "\n}"
-
 
 _APPLY_RESTART = """\
 # 4. restart what reads the changed files, verify; on failure restore the exact original bytes and restart
@@ -166,8 +93,15 @@ if ! erc_restart || ! erc_verify; then
   fi
   echo "ERC-RESULT Failed"; echo "ERC-END"; exit 5
 fi
-for p in "${paths[@]}"; do erc_prune "$p"; done
+"$erc_py" -c "$ERC_SRC" prune {prune} ${{swapped[@]+"${{swapped[@]}}"}} || echo "ERC-WARN $(erc_msg "could not prune old backups")"
 """
+
+
+def _restart_function(name: str, label: str, restarts: Sequence[Sequence[str]], *, keep_going: bool) -> str:
+    """Restarts in order; a push stops at the first failure, a rollback tries every one (best effort)."""
+    on_error = "rc=1" if keep_going else "return 1"
+    calls = [f"  erc_run {label}.{n} {_argv(argv)} || {on_error}" for n, argv in enumerate(restarts)]
+    return f"{name}() {{\n" + "\n".join(["  local rc=0", *calls, "  return $rc"]) + "\n}"
 
 
 def render_apply_script(
@@ -177,27 +111,18 @@ def render_apply_script(
     step_timeout: int = STEP_TIMEOUT_SECONDS,
     systemctl: Sequence[str] = SYSTEMCTL,
     unit: str = LOCAL_MEMCACHED_UNIT,
+    max_file_bytes: int = MAX_FILE_BYTES,
 ) -> str:
     """The one script that writes, restarts, verifies and rolls back a host; raises if over the size cap."""
     if not re.fullmatch(r"\d{8}T\d{6}Z", timestamp):
         raise ValueError(f"bad backup timestamp {timestamp!r}")
     n_steps = 2 * len(plan.restarts) + (1 if plan.verify else 0) + 2
     log_bytes = max(200, min(2000, 12_000 // n_steps))
-    systemctl_q, unit_q = _argv(systemctl), _q(unit)
+    systemctl_q, unit_q = _argv(systemctl), _argv([unit])
     parts = [
         _prelude("apply"),
-        _bash_array("paths", (_check_path(c.path) for c in plan.changes)),
-        _bash_array("old", (c.old_sha256 for c in plan.changes)),
-        _bash_array("new", (c.new_sha256 for c in plan.changes)),
-        "declare -a tmp=() baks=()",
-        _APPLY_FUNCTIONS.format(
-            step_timeout=int(step_timeout),
-            ts=_q(timestamp),
-            log_bytes=log_bytes,
-            backup_glob=BACKUP_SUFFIX + "*",
-            keep=int(KEEP_BACKUPS),
-        ),
-        *(_build_function(i, c.segments) for i, c in enumerate(plan.changes)),
+        python_finder(on_missing='echo "ERC-RESULT Failed"; echo "ERC-END"; exit 1'),
+        _APPLY_FUNCTIONS.format(step_timeout=int(step_timeout), log_bytes=log_bytes),
         _restart_function("erc_restart", "restart", plan.restarts, keep_going=False),
         _restart_function("erc_rollback_restart", "rollback", plan.restarts, keep_going=True),
         f"erc_verify() {{ erc_run verify {_argv(plan.verify)}; }}"
@@ -211,8 +136,22 @@ def render_apply_script(
             'echo "ERC-WARN $(erc_msg "could not re-enable the local memcached")"'
         )
     if plan.changes:
-        parts.append(_APPLY_CHECK.replace("{suffix}", BACKUP_SUFFIX))
-        parts.append(_APPLY_RESTART)
+        spec = {
+            "ts": timestamp,
+            "suffix": BACKUP_SUFFIX,
+            "max_bytes": int(max_file_bytes),
+            "files": [
+                {
+                    "path": c.path,
+                    "target": c.link_target,
+                    "sha256": c.old_sha256,
+                    "splices": [s.to_wire() for s in c.splices],
+                }
+                for c in plan.changes
+            ],
+        }
+        parts.append(_APPLY_FILES.format(spec=_spec(spec)))
+        parts.append(_APPLY_RESTART.format(prune=_spec({"suffix": BACKUP_SUFFIX, "keep": int(KEEP_BACKUPS)})))
     if plan.memcached == "disable":  # after a verified push: the hosts no longer need their own memcached
         parts.append(
             f"erc_run memcached.stop {systemctl_q} stop {unit_q} && "
@@ -251,6 +190,7 @@ class ApplyOutcome:
     warnings: tuple[str, ...] = ()
     failures: tuple[str, ...] = ()
     message: str = field(default="")
+    new_sha256: tuple[tuple[str, str], ...] = ()  # (path, sha256) of each file the host wrote
 
 
 def _describe_step(step: StepLog, restarts: Sequence[Sequence[str]], verify: Sequence[str]) -> str:
@@ -278,16 +218,20 @@ def parse_apply_output(stdout: str, plan: HostPlan, *, exit_code: int | None = N
     backups: list[tuple[str, str]] = []
     warnings: list[str] = []
     failures: list[str] = []
+    written: list[tuple[str, str]] = []
     state: str | None = None
     for words in lines:
         tag = words[0]
         if tag == "ERC-STEP" and len(words) in (3, 4):
             steps.append(StepLog(words[1], int(words[2]), _b64text(words[3]) if len(words) == 4 else ""))
         elif tag == "ERC-CONFLICT" and len(words) == 3:
-            conflicts.append((paths[_index(words[1], len(paths))], words[2]))
+            conflicts.append((paths[_index(words[1], len(paths))], _b64text(words[2])))
         elif tag == "ERC-BACKUP" and len(words) == 3:
-            path = paths[_index(words[1], len(paths))]
-            backups.append((path, path + BACKUP_SUFFIX + words[2]))
+            backups.append((paths[_index(words[1], len(paths))], _b64text(words[2])))
+        elif tag == "ERC-NEWSHA" and len(words) == 3 and _SHA256.match(words[2]):
+            written.append((paths[_index(words[1], len(paths))], words[2]))
+        elif tag == "ERC-NOPYTHON" and len(words) == 2:
+            failures.append("no Python >= 3.8 with PyYAML on the host: " + _b64text(words[1]))
         elif tag == "ERC-WARN" and len(words) == 2:
             warnings.append(_b64text(words[1]))
         elif tag == "ERC-FAIL" and len(words) == 2:
@@ -308,7 +252,7 @@ def parse_apply_output(stdout: str, plan: HostPlan, *, exit_code: int | None = N
     if state == "Conflict":
         parts.append(
             "changed on the host since it was read, nothing written: "
-            + ", ".join(f"{p} (now {w[:12]})" for p, w in conflicts)
+            + ", ".join(f"{p} (now {w[:12]})" if _SHA256.match(w) else f"{p} ({w})" for p, w in conflicts)
         )
     elif state in ("RolledBack", "Failed"):
         parts.extend(_describe_step(s, plan.restarts, plan.verify) for s in failed_steps[:1])
@@ -325,4 +269,5 @@ def parse_apply_output(stdout: str, plan: HostPlan, *, exit_code: int | None = N
         warnings=tuple(warnings),
         failures=tuple(failures),
         message="; ".join(parts),
+        new_sha256=tuple(written),
     )

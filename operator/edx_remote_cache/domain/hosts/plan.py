@@ -1,59 +1,63 @@
-"""Plan a push to an Open edX host and render the bash scripts that carry it out over SSM Run Command.
+"""Plan a push to (or a revert of) one Open edX host from what its reader reported: pure, no I/O.
 
-Pure: no boto3, no sockets, no subprocesses. :mod:`edx_remote_cache.adapters.host_push` sends what this module
-renders and hands the output back to the parsers here.
-
-Why the scripts look the way they do:
-
-* **Nothing from the spec or the host is ever interpolated unquoted.** Paths and argv words go through
-  :func:`shlex.quote` (the spec validates them too); file content only ever travels base64-encoded; numbers
-  are formatted from ints. Output is a line protocol (``ERC-…``) whose free-text fields are base64, so a
-  hostile file name or command output cannot forge a line.
-* **Reads fit SSM's 24,000-character stdout cap.** Every existing file is concatenated, gzipped and
-  base64-encoded; the first command returns the metadata (sha256, uid:gid, mode, size) and the first slice of
-  that stream, and further commands return further slices (re-gzipping is deterministic with ``gzip -n``).
-  The operator checks every file's sha256 after the transfer, so a file edited mid-read is caught.
-* **Writes carry only the change.** The rewrite engine only touches LOCATION lines, so a file's new content is
-  sent as a splice of the original (byte ranges copied on the host) and base64 literals for the new lines.
-  The host rebuilds the file and checks its sha256 before anything is renamed into place. A write script is
-  a few KiB whatever the file size (1 MiB files included) and is capped at :data:`MAX_SCRIPT_CHARS`.
-* **One apply script per host does compare-before-write, backup, write, restart, verify and rollback**, so
-  a host is never left half-done because the operator lost its connection between steps.
+The host sent only value nodes (:mod:`.read`); the rewrite engine decides here, node by node, what each
+becomes (the same per-node decision and renderer :func:`edx_remote_cache.domain.rewrite.rewrite` uses for a
+whole file), and the plan carries only splices (:mod:`.splice`) with each file's sha256 as read. Templated keys
+the host skipped are named in the plan (and the host's status), never fatal; a file the host could not parse
+fails the host before a plan is made (:mod:`edx_remote_cache.adapters.host_push`).
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from edx_remote_cache.domain.hosts.protocol import (
-    PlanError,
+from edx_remote_cache.domain.hosts.protocol import PlanError
+from edx_remote_cache.domain.hosts.read import FileRead, HostSnapshot
+from edx_remote_cache.domain.hosts.result import LocalEndpoints, _by_path
+from edx_remote_cache.domain.hosts.splice import Splice
+from edx_remote_cache.domain.rewrite import RewriteError, _plan
+from edx_remote_cache.domain.rewrite.endpoints import (
+    endpoint_key,
+    is_local,
+    is_local_endpoint,
+    normalize_targets,
 )
-from edx_remote_cache.domain.hosts.read import (
-    HostSnapshot,
+from edx_remote_cache.domain.rewrite.endpoints import (
+    local_endpoints as local_spellings_of,
 )
-from edx_remote_cache.domain.hosts.result import (
-    LocalEndpoints,
-    _by_path,
-)
-from edx_remote_cache.domain.hosts.splice import (
-    Segment,
-    splice_segments,
-)
-from edx_remote_cache.domain.rewrite import RewriteError, RewriteResult, revert, rewrite
+from edx_remote_cache.domain.rewrite.locate import is_templated
+from edx_remote_cache.domain.rewrite.render import render
 
-# -------------------------------------------------------------------------------------------------- plans
+__all__ = ["FileChange", "HostPlan", "NodeChange", "RestartFor", "plan_push", "plan_revert"]
+
+
+@dataclass(frozen=True)
+class NodeChange:
+    """One value node a plan changes, for people: where, which key, its entries before and after."""
+
+    line: int
+    alias: str
+    old: tuple[str, ...]
+    new: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"line {self.line} {self.alias}: {', '.join(self.old) or '-'} -> {', '.join(self.new) or '-'}"
 
 
 @dataclass(frozen=True)
 class FileChange:
     path: str
     old_sha256: str
-    new_sha256: str
-    segments: tuple[Segment, ...]
-    diff: str
+    splices: tuple[Splice, ...]
+    nodes: tuple[NodeChange, ...]
+    link_target: str | None = None  # a symlink's target, edited in its place (the host re-checks the link)
+
+    @property
+    def diff(self) -> str:
+        """What changes, one line per node: cache addresses only, never other file content."""
+        return "".join(f"{self.path}: {n.describe()}\n" for n in self.nodes)
 
 
 @dataclass(frozen=True)
@@ -61,12 +65,13 @@ class HostPlan:
     """What one host needs: changed files, the restarts they imply, verify and the local memcached action."""
 
     changes: tuple[FileChange, ...]
-    files_after: tuple[tuple[str, str], ...]  # (path, sha256) of every present file once applied
+    files_before: tuple[tuple[str, str], ...]  # (path, sha256) of every present file as read
     restarts: tuple[tuple[str, ...], ...]
     verify: tuple[str, ...] = ()
     memcached: Literal["disable", "enable"] | None = None
     summary: str = ""
     local_endpoints: LocalEndpoints = ()  # what the host result records once applied (see HostPushResult)
+    skipped: tuple[tuple[str, str, int], ...] = ()  # (path, key, line) left alone: a Jinja expression
 
     @property
     def is_noop(self) -> bool:
@@ -76,13 +81,46 @@ class HostPlan:
     def diffs(self) -> tuple[tuple[str, str], ...]:
         return tuple((c.path, c.diff) for c in self.changes)
 
+    def files_after(self, new_sha256: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """(path, sha256) of every present file once applied; the host reports the new sums it wrote."""
+        return tuple((path, new_sha256.get(path, sha)) for path, sha in self.files_before)
+
+    def skipped_message(self) -> str:
+        if not self.skipped:
+            return ""
+        return "left templated keys as they are: " + ", ".join(f"{p}:{n} {k}" for p, k, n in self.skipped)
+
 
 RestartFor = Callable[[str], Sequence[str]]
+Match = Callable[[str], bool]
+To = Callable[[str, str], tuple[str, ...]]  # (path, alias) -> what matching entries become
 
 
-def _plan(
+def _file_change(file: FileRead, match: Match, to: To) -> tuple[list[Splice], list[NodeChange]]:
+    splices: list[Splice] = []
+    nodes: list[NodeChange] = []
+    for target in file.targets:
+        old = list(target.entries)
+        plan = _plan(old, lambda e: not is_templated(e) and match(e), to(file.path, target.path))
+        if plan is None:
+            continue
+        try:
+            new_source = render(target.source, plan, path=target.path, line=target.line)
+        except RewriteError as exc:
+            raise PlanError(file.path, str(exc)) from None
+        splices.append(Splice(target.start, target.end, target.source, new_source))
+        new = tuple(v for values in plan for v in values)
+        nodes.extend(
+            NodeChange(line, alias, tuple(old), new)
+            for alias, line in zip(target.paths, target.key_lines, strict=True)
+        )
+    return splices, nodes
+
+
+def _plan_host(
     snapshot: HostSnapshot,
-    transform: Callable[[str, str], RewriteResult],
+    match: Match,
+    to: To,
     *,
     restart_for: RestartFor,
     verify: Sequence[str],
@@ -97,47 +135,31 @@ def _plan(
     """
     spellings = {(path, alias): entry for path, alias, entry in remembered}
     changes: list[FileChange] = []
-    after: list[tuple[str, str]] = []
     restarts: list[tuple[str, ...]] = []
+    skipped: list[tuple[str, str, int]] = []
     for file in snapshot.files:
-        try:
-            text = file.content.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise PlanError(file.path, f"is not UTF-8 (byte {exc.start}); refusing to rewrite it") from None
-        try:
-            result = transform(file.path, text)
-        except RewriteError as exc:
-            raise PlanError(file.path, str(exc)) from None
-        if not result.changed:
-            after.append((file.path, file.sha256))
+        skipped.extend((file.path, s.path, s.line) for s in file.skipped)
+        splices, nodes = _file_change(file, match, to)
+        if not splices:
             continue
         if record_unless is not None:
-            for alias, entry in result.replaced_local.items():
-                spellings[(file.path, alias)] = entry
-        new = result.text.encode("utf-8")
-        new_sha = hashlib.sha256(new).hexdigest()
-        changes.append(
-            FileChange(
-                file.path,
-                file.sha256,
-                new_sha,
-                splice_segments(file.content, new),
-                result.unified_diff(file.path),
-            )
-        )
-        after.append((file.path, new_sha))
+            for node in nodes:
+                local = next((e for e in node.old if e not in node.new and is_local_endpoint(e)), None)
+                if local is not None:
+                    spellings[(file.path, node.alias)] = local
+        changes.append(FileChange(file.path, file.sha256, tuple(splices), tuple(nodes), file.link_target))
         argv = tuple(restart_for(file.path))
         if argv and argv not in restarts:
             restarts.append(argv)
-    summary = ", ".join(c.path for c in changes) or "no file changes"
     return HostPlan(
         changes=tuple(changes),
-        files_after=tuple(after),
+        files_before=tuple((f.path, f.sha256) for f in snapshot.files),
         restarts=tuple(restarts),
         verify=tuple(verify) if changes else (),
         memcached=memcached,
-        summary=summary,
+        summary=", ".join(c.path for c in changes) or "no file changes",
         local_endpoints=tuple(sorted((p, a, e) for (p, a), e in spellings.items() if e != record_unless)),
+        skipped=tuple(skipped),
     )
 
 
@@ -161,9 +183,18 @@ def plan_push(
     action: Literal["disable"] | None = None
     if disable_local_memcached and service is not None and service.running_or_enabled:
         action = "disable"
-    return _plan(
+    try:
+        targets = normalize_targets(endpoints, "endpoint")
+        keys = {endpoint_key(e) for e in local_spellings_of(port)}
+        keys.update(endpoint_key(e) for e in normalize_targets(replace, "replaced endpoint"))
+    except RewriteError as exc:
+        raise PlanError("-", str(exc)) from None
+    if not targets:
+        raise PlanError("-", "at least one endpoint is required")
+    return _plan_host(
         snapshot,
-        lambda _path, text: rewrite(text, to=endpoints, replace=replace, port=port),
+        lambda entry: endpoint_key(entry) in keys,
+        lambda _path, _alias: targets,
         restart_for=restart_for,
         verify=verify,
         memcached=action,
@@ -198,9 +229,23 @@ def plan_revert(
         and (service.enabled != "enabled" or service.active != "active")
     ):
         action = "enable"
-    return _plan(
+    try:
+        remote = {endpoint_key(e) for e in normalize_targets(current, "current endpoint")}
+    except RewriteError as exc:
+        raise PlanError("-", str(exc)) from None
+    default = (f"localhost:{port}",)
+
+    def match(entry: str) -> bool:
+        return endpoint_key(entry) in remote if remote else not is_local(entry)
+
+    def to(path: str, alias: str) -> tuple[str, ...]:
+        spelling = by_path.get(path, {}).get(alias)
+        return (spelling,) if spelling is not None and is_local_endpoint(spelling) else default
+
+    return _plan_host(
         snapshot,
-        lambda path, text: revert(text, current=current, port=port, local=by_path.get(path)),
+        match,
+        to,
         restart_for=restart_for,
         verify=verify,
         memcached=action,

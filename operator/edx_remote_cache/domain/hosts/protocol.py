@@ -28,16 +28,10 @@ LOCAL_MEMCACHED_UNIT = "memcached"
 _PROTOCOL = "1"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ERROR_MESSAGE_BYTES = 200
-_HEADER_CHARS_PER_FILE = 300  # worst case of one ERC-FILE / ERC-ERROR line
-_OUTPUT_MARGIN = 400
 
 
 class ProtocolError(ValueError):
     """Script output that does not follow the ERC line protocol (truncated, or not our script)."""
-
-
-class TransferError(ValueError):
-    """The bytes that arrived are not the bytes the host hashed (a file changed mid-read, or corruption)."""
 
 
 class PlanError(ValueError):

@@ -1,67 +1,111 @@
-"""Read scripts and their output.
+"""The read: each managed file's sha256, owner, mode and memcached value nodes, located ON the host.
 
-Reads fit SSM's 24,000-character stdout cap: every existing file is concatenated, gzipped and base64-encoded.
+Why: the config files hold the site's secrets and SSM keeps every command's output in its invocation history
+(and copies it to S3/CloudWatch where output delivery is configured). So the file is parsed where it lives,
+by the rewrite engine's own locator (``domain/rewrite/locate.py``, sent verbatim with
+:mod:`edx_remote_cache.domain.hosts.hostside`), and only each value node's byte range and text come back: a
+few hundred bytes per file whatever its size (a 1 MiB lms.yml took 2.4 s and ~60 chunked commands before).
+
+The script needs a Python >= 3.8 with PyYAML: the system ``python3`` (cloud-init depends on both on Ubuntu)
+or the edxapp virtualenv's. Without one it reads nothing and says what it tried (:attr:`HostSnapshot.no_python`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import gzip
-import hashlib
+import functools
+import importlib.resources
+import json
 import re
-import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from edx_remote_cache.domain.hosts.protocol import (
-    _HEADER_CHARS_PER_FILE,
-    _OUTPUT_MARGIN,
     _SHA256,
     MAX_FILE_BYTES,
-    SSM_STDOUT_LIMIT,
+    MAX_SCRIPT_CHARS,
     SYSTEMCTL,
-    PlanError,
     ProtocolError,
-    TransferError,
     _argv,
     _b64text,
-    _bash_array,
     _check_path,
     _index,
     _lines,
     _prelude,
     _q,
 )
+from edx_remote_cache.domain.rewrite.locate import Skipped, Target
 
-# ------------------------------------------------------------------------------------------- read scripts
+__all__ = [
+    "EDXAPP_PYTHON",
+    "FileRead",
+    "HostSnapshot",
+    "ServiceState",
+    "host_program",
+    "parse_read_output",
+    "python_finder",
+    "render_read_script",
+]
+
+EDXAPP_PYTHON = "/edx/app/edxapp/venvs/edxapp/bin/python"
+PYTHONS: tuple[str, ...] = ("python3", EDXAPP_PYTHON)  # tried in this order
+_NOT_ON_HOST = "# erc: not on the host"
+_HEREDOC_END = "ERC_PY_END"
 
 
-def _stream_budget(n_paths: int, *, first: bool) -> int:
-    """Base64 characters of the gzip stream one command may print (a multiple of 4: decodable alone)."""
-    header = _HEADER_CHARS_PER_FILE * n_paths + 200 if first else 8 * n_paths + 100
-    budget = SSM_STDOUT_LIMIT - header - _OUTPUT_MARGIN
-    if budget < 4000:
-        raise ValueError(f"{n_paths} files leave too little room in SSM's output for file content")
-    return budget - budget % 4
+@functools.cache
+def host_program() -> str:
+    """``locate.py`` then ``hostside.py``, both verbatim but for the lines marked ``# erc: not on the host``.
+
+    Reading two of our own package's source files is the only I/O here (once per process): it is what makes
+    the host run byte for byte the code the operator's engine runs.
+    """
+    parts = []
+    for package, name in (
+        ("edx_remote_cache.domain.rewrite", "locate.py"),
+        ("edx_remote_cache.domain.hosts", "hostside.py"),
+    ):
+        source = importlib.resources.files(package).joinpath(name).read_text(encoding="utf-8")
+        if name == "hostside.py":
+            source = "\n".join(line for line in source.splitlines() if not line.endswith(_NOT_ON_HOST))
+        parts.append(source)
+    program = "\n\n".join(parts) + "\n"
+    if any(line.strip() == _HEREDOC_END for line in program.splitlines()):
+        raise AssertionError(f"the host program contains the heredoc terminator {_HEREDOC_END}")
+    return program
 
 
-def _stream_lines(chars: int, offset_expr: str) -> str:
-    """Bash that builds the gzip+base64 stream of the included files and prints one slice of it."""
+def python_finder(*, on_missing: str) -> str:
+    """Bash that sets ``erc_py`` to the first Python >= 3.8 with PyYAML, and ``ERC_SRC`` to the program.
+
+    ``on_missing`` runs when there is none, after an ``ERC-NOPYTHON`` line saying what each candidate lacks.
+    """
     return f"""\
-files=()
-for i in ${{included[@]+"${{included[@]}}"}}; do files+=("${{paths[$i]}}"); done
-stream=""
-if [ "${{#files[@]}}" -gt 0 ]; then
-  stream=$(cat -- "${{files[@]}}" | gzip -n -6 | base64 -w0) || {{ echo "ERC-RESULT Failed"; exit 1; }}
+erc_py=""
+erc_why=""
+for c in {" ".join(_q(p) for p in PYTHONS)}; do
+  if ! command -v "$c" >/dev/null 2>&1; then erc_why+="${{erc_why:+; }}$c: not found"; continue; fi
+  if ! "$c" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 8) else 3)' >/dev/null 2>&1; then
+    erc_why+="${{erc_why:+; }}$c: older than Python 3.8"; continue
+  fi
+  if "$c" -c 'import yaml' >/dev/null 2>&1; then erc_py=$c; break; fi
+  erc_why+="${{erc_why:+; }}$c: no PyYAML (import yaml fails)"
+done
+if [ -z "$erc_py" ]; then
+  echo "ERC-NOPYTHON $(erc_msg "$erc_why" 800)"
+  {on_missing}
 fi
-list=""
-for i in ${{included[@]+"${{included[@]}}"}}; do list+="${{list:+,}}$i"; done
-echo "ERC-STREAM ${{#stream}} ${{list:--}}"
-offset={offset_expr}
-echo "ERC-DATA $offset ${{stream:$offset:{chars}}}"
-echo "ERC-END"
+ERC_SRC=$(cat <<'{_HEREDOC_END}'
+{host_program()}{_HEREDOC_END}
+)
 """
+
+
+def _spec(value: Mapping[str, Any]) -> str:
+    """One shell word: base64 of compact JSON (the host program's only argument)."""
+    return base64.b64encode(json.dumps(value, separators=(",", ":")).encode("utf-8")).decode("ascii")
 
 
 def render_read_script(
@@ -71,28 +115,18 @@ def render_read_script(
     service: str | None = None,
     systemctl: Sequence[str] = SYSTEMCTL,
 ) -> str:
-    """One command: each path's sha256/owner/mode/size (or missing / error) and the first stream slice.
+    """One command: per path its sha256/owner/mode/size and value nodes (or missing / refused / unparsable).
 
     ``service`` (a systemd unit) also reports its active/enabled state, for disableLocalMemcached.
     """
     for path in paths:
         _check_path(path)
-    parts = [_prelude("read"), _bash_array("paths", paths), "included=()"]
-    parts.append(f"""\
-for i in "${{!paths[@]}}"; do
-  p=${{paths[$i]}}
-  if [ -L "$p" ]; then erc_err "$i" "is a symbolic link; only regular files are managed"
-  elif [ ! -e "$p" ]; then echo "ERC-MISSING $i"
-  elif [ ! -f "$p" ]; then erc_err "$i" "is not a regular file"
-  elif ! sum=$( {{ sha256sum < "$p"; }} 2>&1 ); then erc_err "$i" "cannot read: $sum"
-  elif ! meta=$(stat -c '%u:%g %a %s' -- "$p" 2>&1); then erc_err "$i" "cannot stat: $meta"
-  elif [ "${{meta##* }}" -gt {int(max_file_bytes)} ]; then
-    erc_err "$i" "is ${{meta##* }} bytes, more than the {int(max_file_bytes)} bytes a config file may have"
-  else
-    echo "ERC-FILE $i ${{sum%% *}} $meta"; included+=("$i")
-  fi
-done
-""")
+    parts = [
+        _prelude("read"),
+        python_finder(on_missing='echo "ERC-END"; exit 0'),
+        f'"$erc_py" -c "$ERC_SRC" read {_spec({"paths": list(paths), "max_bytes": int(max_file_bytes)})} '
+        '|| echo "ERC-FAIL $(erc_msg "the reader exited with status $?")"',
+    ]
     if service is not None:
         unit = _q(service)
         parts.append(f"""\
@@ -102,68 +136,14 @@ if command -v {_q(systemctl[0])} >/dev/null 2>&1; then
   echo "ERC-SERVICE ${{active:-unknown}} ${{enabled:-unknown}}"
 fi
 """)
-    parts.append(_stream_lines(_stream_budget(len(paths), first=True), "0"))
-    return "\n".join(parts)
-
-
-def render_chunk_script(paths: Sequence[str], included: Sequence[int], offset: int) -> str:
-    """A further slice of the same stream (re-created from the same files; the sha256 check catches edits)."""
-    for path in paths:
-        _check_path(path)
-    if offset < 0 or offset % 4:
-        raise ValueError(f"stream offset {offset} must be a non-negative multiple of 4")
-    indexes = " ".join(str(int(i)) for i in included)
-    return "\n".join(
-        [
-            _prelude("read chunk"),
-            _bash_array("paths", paths),
-            f"included=({indexes})",
-            _stream_lines(_stream_budget(len(paths), first=False), str(int(offset))),
-        ]
-    )
-
-
-def render_hash_script(paths: Sequence[str]) -> str:
-    """The cheap drift check: only each file's sha256 (or missing / error)."""
-    for path in paths:
-        _check_path(path)
-    return "\n".join(
-        [
-            _prelude("hash"),
-            _bash_array("paths", paths),
-            """\
-for i in "${!paths[@]}"; do
-  p=${paths[$i]}
-  if [ -L "$p" ] || { [ -e "$p" ] && [ ! -f "$p" ]; }; then erc_err "$i" "is not a regular file"
-  elif [ ! -e "$p" ]; then echo "ERC-MISSING $i"
-  elif ! sum=$( { sha256sum < "$p"; } 2>&1 ); then erc_err "$i" "cannot read: $sum"
-  else echo "ERC-HASH $i ${sum%% *}"
-  fi
-done
-echo "ERC-END"
-""",
-        ]
-    )
+    parts.append('echo "ERC-END"\n')
+    script = "\n".join(parts)
+    if len(script) > MAX_SCRIPT_CHARS:
+        raise ValueError(f"the read script is {len(script)} characters, over the {MAX_SCRIPT_CHARS} allowed")
+    return script
 
 
 # --------------------------------------------------------------------------------------- output parsing
-
-
-@dataclass(frozen=True)
-class FileMeta:
-    index: int
-    sha256: str
-    owner: str  # uid:gid
-    mode: str  # octal permission bits, as stat %a prints them
-    size: int
-
-
-@dataclass(frozen=True)
-class StreamChunk:
-    total: int  # length of the whole base64 stream
-    included: tuple[int, ...]
-    offset: int
-    data: str
 
 
 @dataclass(frozen=True)
@@ -181,87 +161,30 @@ class ServiceState:
 
 
 @dataclass(frozen=True)
-class ReadHeader:
-    files: tuple[FileMeta, ...]
-    missing: tuple[int, ...]
-    errors: tuple[tuple[int, str], ...]
-    service: ServiceState | None
-    first: StreamChunk
+class ParseProblem:
+    """Why the host's locator refused a file: where, and PyYAML's/the locator's problem with quotes redacted."""
 
+    line: int
+    column: int
+    problem: str
 
-def _parse_stream(words: list[str], data: list[str]) -> StreamChunk:
-    if len(words) != 3 or not words[1].isdigit():
-        raise ProtocolError(f"bad ERC-STREAM line: {' '.join(words)!r}")
-    included = () if words[2] == "-" else tuple(int(i) for i in words[2].split(","))
-    if len(data) not in (2, 3) or not data[1].isdigit():
-        raise ProtocolError("bad ERC-DATA line")
-    return StreamChunk(int(words[1]), included, int(data[1]), data[2] if len(data) == 3 else "")
-
-
-def parse_read_output(stdout: str, n_paths: int) -> ReadHeader:
-    files: list[FileMeta] = []
-    missing: list[int] = []
-    errors: list[tuple[int, str]] = []
-    service: ServiceState | None = None
-    stream: list[str] | None = None
-    data: list[str] | None = None
-    for words in _lines(stdout, "read"):
-        tag = words[0]
-        if tag == "ERC-FILE" and len(words) == 6:
-            sha, owner, mode, size = words[2:]
-            if not _SHA256.match(sha) or not re.fullmatch(r"\d+:\d+", owner) or not size.isdigit():
-                raise ProtocolError(f"bad ERC-FILE line: {' '.join(words)!r}")
-            files.append(FileMeta(_index(words[1], n_paths), sha, owner, mode, int(size)))
-        elif tag == "ERC-MISSING" and len(words) == 2:
-            missing.append(_index(words[1], n_paths))
-        elif tag == "ERC-ERROR" and len(words) in (2, 3):
-            errors.append((_index(words[1], n_paths), _b64text(words[2]) if len(words) == 3 else "error"))
-        elif tag == "ERC-SERVICE" and len(words) == 3:
-            service = ServiceState(words[1], words[2])
-        elif tag == "ERC-STREAM":
-            stream = words
-        elif tag == "ERC-DATA":
-            data = words
-        else:
-            raise ProtocolError(f"unexpected line in read output: {' '.join(words)[:120]!r}")
-    if stream is None or data is None:
-        raise ProtocolError("read output has no ERC-STREAM / ERC-DATA")
-    first = _parse_stream(stream, data)
-    if sorted(first.included) != sorted(f.index for f in files):
-        raise ProtocolError("read output: the stream does not hold exactly the files listed")
-    return ReadHeader(tuple(files), tuple(missing), tuple(errors), service, first)
-
-
-def parse_chunk_output(stdout: str) -> StreamChunk:
-    stream: list[str] | None = None
-    data: list[str] | None = None
-    for words in _lines(stdout, "read chunk"):
-        if words[0] == "ERC-STREAM":
-            stream = words
-        elif words[0] == "ERC-DATA":
-            data = words
-        else:
-            raise ProtocolError(f"unexpected line in chunk output: {' '.join(words)[:120]!r}")
-    if stream is None or data is None:
-        raise ProtocolError("chunk output has no ERC-STREAM / ERC-DATA")
-    return _parse_stream(stream, data)
-
-
-def chunk_offsets(header: ReadHeader, n_paths: int) -> list[int]:
-    """Stream offsets still to fetch after the first command (each chunk command returns one slice)."""
-    step = _stream_budget(n_paths, first=False)
-    return list(range(len(header.first.data), header.first.total, step))
+    def describe(self, path: str) -> str:
+        where = f"line {self.line}, column {self.column}" if self.column else f"line {self.line}"
+        return f"{path}: {where}: {self.problem}" if self.line else f"{path}: {self.problem}"
 
 
 @dataclass(frozen=True)
 class FileRead:
-    """One file as read from the host, verified against the sha256 the host computed."""
+    """One present file as the host saw it: metadata and value nodes (``Target`` offsets are BYTES here)."""
 
     path: str
-    content: bytes
     sha256: str
-    owner: str
-    mode: str
+    owner: str  # uid:gid
+    mode: str  # octal permission bits, as stat %a prints them
+    size: int
+    targets: tuple[Target, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
+    link_target: str | None = None  # the file a symlink at ``path`` points to (edited in its place)
 
 
 @dataclass(frozen=True)
@@ -269,56 +192,100 @@ class HostSnapshot:
     files: tuple[FileRead, ...]
     missing: tuple[str, ...] = ()
     service: ServiceState | None = None
+    errors: tuple[tuple[str, str], ...] = ()  # (path, why it cannot be read): the host is refused
+    no_python: str = ""  # what each Python candidate lacks, when none can run the reader
+    failure: str = ""  # the reader itself failed (its own message, never file content)
 
 
-def assemble_snapshot(
-    paths: Sequence[str], header: ReadHeader, chunks: Sequence[StreamChunk]
-) -> HostSnapshot:
-    """Decode the stream, split it by the listed sizes and check every sha256 (TransferError if any differ)."""
-    if header.errors:
-        index, message = header.errors[0]
-        raise PlanError(paths[index], message)
-    text = ""
-    for chunk in chunks:
-        if chunk.total != header.first.total or chunk.included != header.first.included:
-            raise TransferError("files changed while being read (the stream changed between commands)")
-        if chunk.offset != len(text):
-            raise TransferError(f"stream slice at {chunk.offset} does not follow {len(text)}")
-        text += chunk.data
-    if len(text) != header.first.total:
-        raise TransferError(f"received {len(text)} of {header.first.total} stream characters")
+def _json(value: str) -> Any:
     try:
-        raw = gzip.decompress(base64.b64decode(text, validate=True)) if text else b""
-    except (binascii.Error, OSError, EOFError, zlib.error) as exc:
-        raise TransferError(f"the stream does not decode ({exc}); a file probably changed mid-read") from None
-    by_index = {f.index: f for f in header.files}
-    files: list[FileRead] = []
-    pos = 0
-    for index in header.first.included:
-        meta = by_index[index]
-        content = raw[pos : pos + meta.size]
-        pos += meta.size
-        if hashlib.sha256(content).hexdigest() != meta.sha256:
-            raise TransferError(f"{paths[index]}: sha256 of the bytes received does not match the host's")
-        files.append(FileRead(paths[index], content, meta.sha256, meta.owner, meta.mode))
-    if pos != len(raw):
-        raise TransferError("the stream is longer than the files listed (a file grew mid-read)")
-    return HostSnapshot(tuple(files), tuple(paths[i] for i in header.missing), header.service)
+        return json.loads(base64.b64decode(value, validate=True).decode("utf-8"))
+    except (binascii.Error, ValueError) as exc:
+        raise ProtocolError(f"undecodable field in read output: {exc}") from None
 
 
-def parse_hash_output(stdout: str, paths: Sequence[str]) -> dict[str, str | None]:
-    """path → sha256, or None when missing; an unreadable file raises ProtocolError with its message."""
-    out: dict[str, str | None] = {}
-    for words in _lines(stdout, "hash"):
-        if words[0] == "ERC-HASH" and len(words) == 3 and _SHA256.match(words[2]):
-            out[paths[_index(words[1], len(paths))]] = words[2]
-        elif words[0] == "ERC-MISSING" and len(words) == 2:
-            out[paths[_index(words[1], len(paths))]] = None
-        elif words[0] == "ERC-ERROR" and len(words) in (2, 3):
-            path = paths[_index(words[1], len(paths))]
-            raise ProtocolError(f"{path}: {_b64text(words[2]) if len(words) == 3 else 'error'}")
+def _target(data: Mapping[str, Any]) -> Target:
+    try:
+        return Target(
+            paths=tuple(str(p) for p in data["paths"]),
+            key_lines=tuple(int(n) for n in data["key_lines"]),
+            kind=str(data["kind"]),
+            shape=str(data["shape"]),
+            start=int(data["start"]),
+            end=int(data["end"]),
+            line=int(data["line"]),
+            column=int(data["column"]),
+            source=str(data["source"]),
+            entries=tuple(str(e) for e in data["entries"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad ERC-NODE record: {type(exc).__name__}") from None
+
+
+def parse_read_output(stdout: str, paths: Sequence[str]) -> HostSnapshot:
+    """The read script's lines, checked: every present file is listed once, nodes only for listed files."""
+    files: dict[int, dict[str, Any]] = {}
+    missing: list[int] = []
+    errors: list[tuple[str, str]] = []
+    service: ServiceState | None = None
+    no_python = failure = ""
+    n = len(paths)
+    for words in _lines(stdout, "read"):
+        tag = words[0]
+        if tag == "ERC-FILE" and len(words) == 6:
+            sha, owner, mode, size = words[2:]
+            if not _SHA256.match(sha) or not re.fullmatch(r"\d+:\d+", owner) or not size.isdigit():
+                raise ProtocolError(f"bad ERC-FILE line: {' '.join(words)!r}")
+            index = _index(words[1], n)
+            files[index] = {"sha256": sha, "owner": owner, "mode": mode, "size": int(size), "targets": []}
+            files[index]["skipped"] = []
+        elif tag in ("ERC-NODE", "ERC-SKIP", "ERC-LINK") and len(words) == 3:
+            index = _index(words[1], n)
+            if index not in files:
+                raise ProtocolError(f"{tag} for a file that was not listed")
+            if tag == "ERC-NODE":
+                files[index]["targets"].append(_target(_json(words[2])))
+            elif tag == "ERC-SKIP":
+                item = _json(words[2])
+                files[index]["skipped"].append(
+                    Skipped(str(item["path"]), int(item["line"]), str(item["reason"]))
+                )
+            else:
+                files[index]["link_target"] = _b64text(words[2])
+        elif tag == "ERC-PARSE" and len(words) == 5 and words[2].isdigit() and words[3].isdigit():
+            index = _index(words[1], n)
+            errors.append(
+                (
+                    paths[index],
+                    ParseProblem(int(words[2]), int(words[3]), _b64text(words[4])).describe(paths[index]),
+                )
+            )
+        elif tag == "ERC-MISSING" and len(words) == 2:
+            missing.append(_index(words[1], n))
+        elif tag == "ERC-ERROR" and len(words) in (2, 3):
+            index = _index(words[1], n)
+            errors.append(
+                (paths[index], f"{paths[index]} {_b64text(words[2]) if len(words) == 3 else 'error'}")
+            )
+        elif tag == "ERC-SERVICE" and len(words) == 3:
+            service = ServiceState(words[1], words[2])
+        elif tag == "ERC-NOPYTHON" and len(words) in (1, 2):
+            no_python = _b64text(words[1]) if len(words) == 2 else "no python"
+        elif tag == "ERC-FAIL" and len(words) == 2:
+            failure = _b64text(words[1])
         else:
-            raise ProtocolError(f"unexpected line in hash output: {' '.join(words)[:120]!r}")
-    if set(out) != set(paths):
-        raise ProtocolError("hash output does not cover every path")
-    return out
+            raise ProtocolError(f"unexpected line in read output: {' '.join(words)[:120]!r}")
+    reads = tuple(
+        FileRead(
+            paths[i],
+            f["sha256"],
+            f["owner"],
+            f["mode"],
+            f["size"],
+            tuple(f["targets"]),
+            tuple(f["skipped"]),
+            f.get("link_target"),
+        )
+        for i, f in sorted(files.items())
+    )
+    return HostSnapshot(reads, tuple(paths[i] for i in missing), service, tuple(errors), no_python, failure)

@@ -159,7 +159,8 @@ def erc_check(old_data, new_data, splices):
     except LocateError as exc:
         raise ErcRefused(f"the new file would not parse (line {exc.line})") from None
     planned = {(s[0], s[1]): s[3] for s in splices}
-    if [n["paths"] for n in old_nodes] != [n["paths"] for n in new_nodes] or old_skipped != new_skipped:
+    same_skipped = [s["path"] for s in old_skipped] == [s["path"] for s in new_skipped]  # lines may shift
+    if [n["paths"] for n in old_nodes] != [n["paths"] for n in new_nodes] or not same_skipped:
         raise ErcRefused("the new file would not have the same cache settings")
     used = 0
     for old, new in zip(old_nodes, new_nodes, strict=False):

@@ -17,17 +17,14 @@ from edx_remote_cache.domain.hosts.protocol import PlanError
 from edx_remote_cache.domain.hosts.read import FileRead, HostSnapshot
 from edx_remote_cache.domain.hosts.result import LocalEndpoints, _by_path
 from edx_remote_cache.domain.hosts.splice import Splice
-from edx_remote_cache.domain.rewrite import RewriteError, _plan
-from edx_remote_cache.domain.rewrite.endpoints import (
-    endpoint_key,
-    is_local,
+from edx_remote_cache.domain.rewrite import (
+    Decide,
+    RewriteError,
+    changes_of,
     is_local_endpoint,
-    normalize_targets,
+    push_decider,
+    revert_decider,
 )
-from edx_remote_cache.domain.rewrite.endpoints import (
-    local_endpoints as local_spellings_of,
-)
-from edx_remote_cache.domain.rewrite.locate import is_templated
 from edx_remote_cache.domain.rewrite.render import render
 
 __all__ = ["FileChange", "HostPlan", "NodeChange", "RestartFor", "plan_push", "plan_revert"]
@@ -92,16 +89,14 @@ class HostPlan:
 
 
 RestartFor = Callable[[str], Sequence[str]]
-Match = Callable[[str], bool]
-To = Callable[[str, str], tuple[str, ...]]  # (path, alias) -> what matching entries become
+DecideFor = Callable[[str], Decide]  # path -> the engine's per-node decision for that file
 
 
-def _file_change(file: FileRead, match: Match, to: To) -> tuple[list[Splice], list[NodeChange]]:
+def _file_change(file: FileRead, decide: Decide) -> tuple[list[Splice], list[NodeChange]]:
     splices: list[Splice] = []
     nodes: list[NodeChange] = []
     for target in file.targets:
-        old = list(target.entries)
-        plan = _plan(old, lambda e: not is_templated(e) and match(e), to(file.path, target.path))
+        plan = decide(target)
         if plan is None:
             continue
         try:
@@ -109,18 +104,16 @@ def _file_change(file: FileRead, match: Match, to: To) -> tuple[list[Splice], li
         except RewriteError as exc:
             raise PlanError(file.path, str(exc)) from None
         splices.append(Splice(target.start, target.end, target.source, new_source))
-        new = tuple(v for values in plan for v in values)
         nodes.extend(
-            NodeChange(line, alias, tuple(old), new)
-            for alias, line in zip(target.paths, target.key_lines, strict=True)
+            NodeChange(line, change.alias, change.old, change.new)
+            for change, line in zip(changes_of(target, plan), target.key_lines, strict=True)
         )
     return splices, nodes
 
 
 def _plan_host(
     snapshot: HostSnapshot,
-    match: Match,
-    to: To,
+    decide_for: DecideFor,
     *,
     restart_for: RestartFor,
     verify: Sequence[str],
@@ -139,7 +132,7 @@ def _plan_host(
     skipped: list[tuple[str, str, int]] = []
     for file in snapshot.files:
         skipped.extend((file.path, s.path, s.line) for s in file.skipped)
-        splices, nodes = _file_change(file, match, to)
+        splices, nodes = _file_change(file, decide_for(file.path))
         if not splices:
             continue
         if record_unless is not None:
@@ -184,17 +177,12 @@ def plan_push(
     if disable_local_memcached and service is not None and service.running_or_enabled:
         action = "disable"
     try:
-        targets = normalize_targets(endpoints, "endpoint")
-        keys = {endpoint_key(e) for e in local_spellings_of(port)}
-        keys.update(endpoint_key(e) for e in normalize_targets(replace, "replaced endpoint"))
+        decide = push_decider(to=endpoints, replace=replace, port=port)
     except RewriteError as exc:
-        raise PlanError("-", str(exc)) from None
-    if not targets:
-        raise PlanError("-", "at least one endpoint is required")
+        raise PlanError("-", f"endpoint: {exc}") from None
     return _plan_host(
         snapshot,
-        lambda entry: endpoint_key(entry) in keys,
-        lambda _path, _alias: targets,
+        lambda _path: decide,
         restart_for=restart_for,
         verify=verify,
         memcached=action,
@@ -230,22 +218,15 @@ def plan_revert(
     ):
         action = "enable"
     try:
-        remote = {endpoint_key(e) for e in normalize_targets(current, "current endpoint")}
+        deciders = {
+            f.path: revert_decider(current=current, port=port, local=by_path.get(f.path))
+            for f in snapshot.files
+        }
     except RewriteError as exc:
         raise PlanError("-", str(exc)) from None
-    default = (f"localhost:{port}",)
-
-    def match(entry: str) -> bool:
-        return endpoint_key(entry) in remote if remote else not is_local(entry)
-
-    def to(path: str, alias: str) -> tuple[str, ...]:
-        spelling = by_path.get(path, {}).get(alias)
-        return (spelling,) if spelling is not None and is_local_endpoint(spelling) else default
-
     return _plan_host(
         snapshot,
-        match,
-        to,
+        deciders.__getitem__,
         restart_for=restart_for,
         verify=verify,
         memcached=action,

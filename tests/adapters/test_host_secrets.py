@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import gzip
 import logging
 import re
@@ -54,10 +55,8 @@ def _decodings(text: str) -> Iterator[bytes]:
             except (binascii.Error, ValueError):
                 continue
             yield raw
-            try:
+            with contextlib.suppress(OSError, EOFError, zlib.error):
                 yield gzip.decompress(raw)
-            except (OSError, EOFError, zlib.error):
-                pass
 
 
 def leaks(texts: Iterable[str]) -> list[str]:

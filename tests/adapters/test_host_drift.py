@@ -14,14 +14,14 @@ import pytest
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.host_push import expected_files, push_hosts
 from edx_remote_cache.adapters.ssm import SsmAdapter
-from edx_remote_cache.domain.drift_plan import (
+from edx_remote_cache.domain.hosts import MAX_SCRIPT_CHARS, ProtocolError
+from edx_remote_cache.domain.hosts.drift import (
     HOSTS_PER_COMMAND,
     DriftBatch,
     pack_batches,
     parse_drift_answer,
     render_drift_script,
 )
-from edx_remote_cache.domain.push_plan import MAX_SCRIPT_CHARS, ProtocolError
 from edx_remote_cache.domain.spec import OpenedxSpec
 from edx_remote_cache.sandbox import Sandbox
 

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.resources
+import io
 import os
 import re
+import signal
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edx_remote_cache.cli.rewrite import add_parser, default_backup_suffix, main
 from edx_remote_cache.domain.rewrite import rewrite
@@ -229,3 +239,227 @@ def test_default_backup_suffix_is_utc() -> None:
 
     moment = dt.datetime(2024, 1, 31, 13, 0, 5, tzinfo=dt.timezone(dt.timedelta(hours=1)))
     assert default_backup_suffix(moment) == ".bak-20240131T120005Z"
+
+
+# ----------------------------------------------------------------------- issue 17: files as in the wild
+
+WILD = Path(__file__).resolve().parents[1] / "fixtures" / "rewrite"
+
+
+def wild(tmp_path: Path, *names: str) -> list[Path]:
+    paths = []
+    for name in names:
+        path = tmp_path / name
+        path.write_bytes((WILD / name).read_bytes())
+        paths.append(path)
+    return paths
+
+
+def test_revert_gives_back_exact_bytes_and_keeps_servers_it_never_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """127.0.0.1 stays 127.0.0.1, cache-1 and both ElastiCache nodes stay; the record says what was ours."""
+    lms, site_vars = wild(tmp_path, "edx_etc_lms.yml", "site_vars.yml")
+    originals = [lms.read_bytes(), site_vars.read_bytes()]
+    assert main(["--to", REMOTE, "--to", REMOTE2, str(lms), str(site_vars)]) == 0
+    assert (tmp_path / ".edx_etc_lms.yml.edx-remote-cache.json").exists()
+    assert main(["--revert", str(lms), str(site_vars)]) == 0
+    assert [lms.read_bytes(), site_vars.read_bytes()] == originals
+    capsys.readouterr()
+    assert main(["--revert", str(lms), str(site_vars)]) == 0  # again: ours, and nothing left to revert
+    assert capsys.readouterr().out == f"{lms}: nothing to do\n{site_vars}: nothing to do\n"
+
+
+def test_revert_after_two_rewrites_and_revert_from_one_endpoint(tmp_path: Path) -> None:
+    (lms,) = wild(tmp_path, "edx_etc_lms.yml")
+    original = lms.read_bytes()
+    assert main(["--to", REMOTE, str(lms)]) == 0
+    assert main(["--from", REMOTE, "--to", REMOTE2, str(lms), "--backup-suffix", ".second"]) == 0
+    assert REMOTE not in lms.read_text() and REMOTE2 in lms.read_text()
+    assert main(["--revert", "--from", REMOTE2, str(lms)]) == 0  # undoes the second run only
+    assert lms.read_text() == rewrite(original.decode(), to=[REMOTE]).text
+    assert main(["--revert", str(lms)]) == 0
+    assert lms.read_bytes() == original
+
+
+def test_revert_refuses_a_value_edited_since_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lms, pillar = wild(tmp_path, "edx_etc_lms.yml", "pillar.sls")
+    assert main(["--to", REMOTE, str(lms), str(pillar)]) == 0
+    lms.write_text(lms.read_text().replace(f"LOCATION: '{REMOTE}'", "LOCATION: 'hand-edited:11211'"))
+    before = snapshot(tmp_path)
+    assert main(["--revert", str(pillar), str(lms)]) == 2
+    assert snapshot(tmp_path) == before
+    err = capsys.readouterr().err
+    assert f"{lms}: line 27: CACHES.staticfiles has changed since edx-remote-cache wrote it" in err
+
+
+def test_revert_of_a_file_never_touched_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lms, role = wild(tmp_path, "edx_etc_lms.yml", "role_defaults.yml")
+    before = snapshot(tmp_path)
+    assert main(["--revert", str(role)]) == 0  # only local entries: nothing to do
+    assert (
+        main(["--revert", str(lms), str(role)]) == 2
+    )  # remote entries it may not own: refuse, say what to pass
+    assert snapshot(tmp_path) == before
+    err = capsys.readouterr().err
+    assert "no record of what edx-remote-cache wrote here" in err and "--from HOST:PORT" in err
+    assert "cache-1.example.com:11211" in err
+    assert main(["--revert", "--from", "cache-1.example.com:11211", str(lms)]) == 0  # explicit: as told
+    assert "- localhost:11211\n        - localhost:11211" not in lms.read_text()
+
+
+def test_templated_keys_are_warned_once_each_and_the_rest_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (role,) = wild(tmp_path, "role_defaults.yml")
+    assert main(["--to", REMOTE, str(role)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"{role}:9: warning: DISCUSSIONS_SESSION_MEMCACHE[1]: templated value (Jinja); left as is",
+        f"{role}:19: warning: DISCUSSIONS_SERVICE_CONFIG.CACHES: templated value (Jinja); left as is",
+    ]
+    assert f"  DISCUSSIONS_MEMCACHE: localhost:11211 -> {REMOTE}" in captured.out
+
+
+def test_a_template_file_is_named_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lms, template = wild(tmp_path, "edx_etc_lms.yml", "pillar_template.sls")
+    before = snapshot(tmp_path)
+    assert main(["--to", REMOTE, str(lms), str(template)]) == 2
+    assert snapshot(tmp_path) == before
+    err = capsys.readouterr().err
+    assert f"{template}: line 2: this looks like a Jinja/Salt template" in err and "/edx/etc" in err
+
+
+def test_help_documents_the_record_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for words in [
+        "records what it wrote",
+        ".FILE.edx-remote-cache.json",
+        "--revert needs --from",
+        "3 the batch",
+    ]:
+        assert words in out
+
+
+# ------------------------------------------------------------------------------ all-or-nothing batches
+
+
+class _Flaky:
+    """Fails the n-th call of the wrapped filesystem function once (the roll back's own calls succeed)."""
+
+    def __init__(self, real: Any, fail_at: int) -> None:
+        self.real, self.fail_at, self.calls = real, fail_at, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise OSError(28, "No space left on device")
+        return self.real(*args, **kwargs)
+
+
+class _ClosedAfter(io.StringIO):
+    def __init__(self, writes: int) -> None:
+        super().__init__()
+        self.left = writes
+
+    def write(self, text: str) -> int:
+        self.left -= 1
+        if self.left < 0:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+NAMES = ["edx_etc_lms.yml", "site_vars.yml", "pillar.sls", "role_defaults.yml"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    names=st.lists(st.sampled_from(NAMES), min_size=1, max_size=4, unique=True),
+    where=st.sampled_from(["replace", "link", "stdout"]),
+    fail_at=st.integers(1, 12),
+    revert_after=st.booleans(),
+)
+def test_a_batch_is_all_or_nothing_under_a_failure_at_every_position(
+    names: list[str], where: str, fail_at: int, revert_after: bool
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = wild(Path(tmp), *names)
+        before = {p: p.read_bytes() for p in paths}
+        after = {p: rewrite(before[p].decode(), to=[REMOTE]).text.encode() for p in paths}
+        if revert_after:  # the revert batch is the one under test
+            assert main(["--to", REMOTE, *map(str, paths)]) == 0
+            before, after = after, before
+        listing = sorted(os.listdir(tmp))
+        argv = ["--revert", *map(str, paths)] if revert_after else ["--to", REMOTE, *map(str, paths)]
+        err = io.StringIO()
+        stdout = _ClosedAfter(fail_at if where == "stdout" else 10**6)
+        if where == "stdout":
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(err):
+                code = main(argv)
+        else:
+            target = "os.replace" if where == "replace" else "os.link"
+            real = os.replace if where == "replace" else os.link
+            with (
+                mock.patch(target, _Flaky(real, fail_at)),
+                contextlib.redirect_stdout(stdout),
+                contextlib.redirect_stderr(err),
+            ):
+                code = main(argv)
+        now = {p: p.read_bytes() for p in paths}
+        assert "Traceback" not in err.getvalue()
+        assert now in (before, after), "a batch must never be split"
+        assert not [n for n in os.listdir(tmp) if n.endswith(".tmp")]
+        if now == before:
+            assert code == 2 and "rolled back" in err.getvalue()
+            assert sorted(os.listdir(tmp)) == listing  # backups and records of this run are gone too
+        else:
+            assert code == (3 if stdout.left < 0 else 0)  # an output error is never 1 ("changes found")
+
+
+def test_closed_stdout_completes_the_batch_without_a_traceback(tmp_path: Path) -> None:
+    """`edx-remote-cache rewrite ... | head -0`: every file written, exit 3 (not 1 = changes found)."""
+    paths = wild(tmp_path, *NAMES)
+    expected = [rewrite(p.read_text(), to=[REMOTE]).text for p in paths]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: every write is EPIPE
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "edx_remote_cache.cli.rewrite", "--to", REMOTE, *map(str, paths)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, "Traceback" in proc.stderr) == (3, False), proc.stderr
+    assert [p.read_text() for p in paths] == expected
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_during_the_writes_rolls_the_batch_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], signum: int
+) -> None:
+    paths = wild(tmp_path, *NAMES)
+    listing = {name: data for name, (data, _mtime) in snapshot(tmp_path).items()}
+    real = os.replace
+    calls = []
+
+    def replace_then_signal(*args: Any) -> None:
+        real(*args)
+        calls.append(args)
+        if len(calls) == 3:  # mid-batch: two files' records/contents are already in place
+            os.kill(os.getpid(), signum)
+
+    with mock.patch("os.replace", replace_then_signal):
+        assert main(["--to", REMOTE, *map(str, paths)]) == 128 + signum
+    assert {name: data for name, (data, _mtime) in snapshot(tmp_path).items()} == listing
+    assert "rolled back, nothing written" in capsys.readouterr().err

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
+import json
 import shlex
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import edx_remote_cache
-from edx_remote_cache.domain import push_plan as pp
+from edx_remote_cache.domain import hosts as pp
+from edx_remote_cache.domain.hosts import hostside
+from edx_remote_cache.domain.hosts import protocol as hosts_protocol
+from edx_remote_cache.domain.hosts.drift import parse_hash_output, render_hash_script
+from edx_remote_cache.domain.rewrite.locate import LocateError
 from edx_remote_cache.domain.spec import DEFAULT_ANSIBLE_VARS_FILES, DEFAULT_CONFIG_FILES, OpenedxSpec
 
 FIXTURES = Path(edx_remote_cache.__file__).parent / "data" / "edx"
@@ -37,45 +41,32 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fake_read(
-    files: Mapping[str, bytes | None], paths: tuple[str, ...], *, lie: str | None = None
-) -> list[str]:
-    """What the read + chunk scripts print for ``files`` (None = missing); ``lie`` reports a wrong sha256."""
-    included = [i for i, p in enumerate(paths) if files.get(p) is not None]
-    stream = base64.b64encode(gzip.compress(b"".join(files[paths[i]] or b"" for i in included))).decode()
+def _b64json(value: object) -> str:
+    return base64.b64encode(json.dumps(value, sort_keys=True).encode()).decode()
+
+
+def fake_read(files: Mapping[str, bytes | None], paths: tuple[str, ...]) -> str:
+    """What the read script prints for ``files`` (None = missing), from the host program run in-process."""
     lines = ["ERC-BEGIN 1"]
     for i, path in enumerate(paths):
         content = files.get(path)
         if content is None:
             lines.append(f"ERC-MISSING {i}")
-        else:
-            digest = "0" * 64 if path == lie else sha(content)
-            lines.append(f"ERC-FILE {i} {digest} 0:0 644 {len(content)}")
-    first = pp._stream_budget(len(paths), first=True)
-    later = pp._stream_budget(len(paths), first=False)
-    listed = ",".join(map(str, included)) or "-"
-    outputs = [
-        "\n".join([*lines, f"ERC-STREAM {len(stream)} {listed}", f"ERC-DATA 0 {stream[:first]}", "ERC-END"])
-    ]
-    for offset in range(first, len(stream), later):
-        outputs.append(
-            "\n".join(
-                [
-                    "ERC-BEGIN 1",
-                    f"ERC-STREAM {len(stream)} {listed}",
-                    f"ERC-DATA {offset} {stream[offset : offset + later]}",
-                    "ERC-END",
-                ]
-            )
-        )
-    return outputs
+            continue
+        try:
+            nodes, skipped = hostside.erc_locate(content)
+        except LocateError as exc:
+            problem = base64.b64encode(hostside.erc_redact(exc.problem).encode()).decode()
+            lines.append(f"ERC-PARSE {i} {exc.line or 0} {exc.column or 0} {problem}")
+            continue
+        lines.append(f"ERC-FILE {i} {sha(content)} 0:0 644 {len(content)}")
+        lines += [f"ERC-NODE {i} {_b64json(n)}" for n in nodes]
+        lines += [f"ERC-SKIP {i} {_b64json(k)}" for k in skipped]
+    return "\n".join([*lines, "ERC-END", ""])
 
 
 def snapshot_of(files: Mapping[str, bytes | None], paths: tuple[str, ...] = PATHS) -> pp.HostSnapshot:
-    outputs = fake_read(files, paths)
-    header = pp.parse_read_output(outputs[0], len(paths))
-    chunks = [header.first, *(pp.parse_chunk_output(o) for o in outputs[1:])]
-    return pp.assemble_snapshot(paths, header, chunks)
+    return pp.parse_read_output(fake_read(files, paths), paths)
 
 
 OPENEDX = OpenedxSpec(hosts=["i-0123456789abcdef0"])
@@ -95,12 +86,12 @@ def plan(files: Mapping[str, bytes | None], **kwargs: object) -> pp.HostPlan:
 
 @given(st.text(alphabet=st.characters(exclude_characters="\x00"), min_size=1))
 def test_every_value_is_one_shell_word(value: str) -> None:
-    assert shlex.split(pp._q(value)) == [value]
+    assert shlex.split(hosts_protocol._q(value)) == [value]
 
 
 def test_nul_bytes_are_refused() -> None:
     with pytest.raises(ValueError, match="NUL"):
-        pp._q("a\x00b")
+        hosts_protocol._q("a\x00b")
 
 
 def test_relative_or_unnormalised_paths_are_refused() -> None:
@@ -111,11 +102,10 @@ def test_relative_or_unnormalised_paths_are_refused() -> None:
 
 @pytest.mark.parametrize("hostile", HOSTILE)
 def test_hostile_paths_only_appear_quoted(hostile: str) -> None:
-    scripts = [pp.render_read_script([hostile]), pp.render_chunk_script([hostile], [0], 0)]
-    scripts.append(pp.render_hash_script([hostile]))
-    for script in scripts:
-        assert pp._q(hostile) in script
-        assert script.count("PWNED") == pp._q(hostile).count("PWNED")
+    assert "PWNED" not in pp.render_read_script([hostile])  # the reader's paths travel inside base64 JSON
+    for script in [render_hash_script([hostile])]:
+        assert hosts_protocol._q(hostile) in script
+        assert script.count("PWNED") == hosts_protocol._q(hostile).count("PWNED")
 
 
 def test_hostile_restart_and_verify_words_only_appear_quoted() -> None:
@@ -149,92 +139,27 @@ def test_file_content_travels_base64_only() -> None:
 # -------------------------------------------------------------------------------------------- read output
 
 
-def test_read_round_trip_with_missing_files() -> None:
-    files: dict[str, bytes | None] = {**fixture_files()}
-    files["/edx/etc/insights.yml"] = None
-    snapshot = snapshot_of(files)
-    assert snapshot.missing == ("/edx/etc/insights.yml",)
-    assert {f.path: f.content for f in snapshot.files} == {p: c for p, c in files.items() if c is not None}
-    assert all(f.owner == "0:0" and f.mode == "644" for f in snapshot.files)
-
-
-def test_read_of_a_large_file_needs_several_chunks_and_round_trips() -> None:
-    big = b"".join(
-        b"KEY_%d: %s\n" % (i, hashlib.sha256(b"%d" % i).hexdigest().encode()) for i in range(12_000)
-    )
-    assert len(big) > 900_000
-    outputs = fake_read({"/edx/etc/lms.yml": big}, ("/edx/etc/lms.yml",))
-    assert len(outputs) > 3
-    assert all(len(o) < pp.SSM_STDOUT_LIMIT for o in outputs)
-    assert snapshot_of({"/edx/etc/lms.yml": big}, ("/edx/etc/lms.yml",)).files[0].content == big
-
-
-def test_read_parser_rejects_a_sha_mismatch() -> None:
-    files = fixture_files()
-    outputs = fake_read(dict(files), PATHS, lie="/edx/etc/studio.yml")
-    header = pp.parse_read_output(outputs[0], len(PATHS))
-    with pytest.raises(pp.TransferError, match=r"studio\.yml: sha256"):
-        pp.assemble_snapshot(PATHS, header, [header.first])
-
-
 def test_read_parser_rejects_truncated_output() -> None:
-    output = fake_read(fixture_files(), PATHS)[0]
+    output = fake_read(fixture_files(), PATHS)
     with pytest.raises(pp.ProtocolError, match="incomplete"):
-        pp.parse_read_output(output[: pp.SSM_STDOUT_LIMIT // 2], len(PATHS))
-
-
-def test_read_parser_rejects_a_stream_that_changed_between_chunks() -> None:
-    big = b"".join(b"K%d: %s\n" % (i, hashlib.sha256(b"%d" % i).hexdigest().encode()) for i in range(4000))
-    paths = ("/edx/etc/lms.yml",)
-    first = fake_read({paths[0]: big}, paths)
-    second = fake_read({paths[0]: big.replace(b"K1:", b"X1:")}, paths)
-    header = pp.parse_read_output(first[0], 1)
-    with pytest.raises(pp.TransferError, match="changed"):
-        pp.assemble_snapshot(paths, header, [header.first, pp.parse_chunk_output(second[1])])
-
-
-def test_read_parser_reports_unreadable_files() -> None:
-    message = base64.b64encode(b"cannot read: Permission denied").decode()
-    output = "\n".join(
-        ["ERC-BEGIN 1", "ERC-MISSING 0", f"ERC-ERROR 1 {message}", "ERC-STREAM 0 -", "ERC-DATA 0 ", "ERC-END"]
-    )
-    header = pp.parse_read_output(output, 2)
-    assert header.errors == ((1, "cannot read: Permission denied"),)
-    with pytest.raises(pp.PlanError, match="Permission denied"):
-        pp.assemble_snapshot(("/a.yml", "/b.yml"), header, [header.first])
+        pp.parse_read_output(output[: len(output) // 2], PATHS)
 
 
 def test_forged_lines_are_rejected() -> None:
     with pytest.raises(pp.ProtocolError):
-        pp.parse_read_output("ERC-BEGIN 1\nERC-FILE 7 abc 0:0 644 1\nERC-END\n", 2)
+        pp.parse_read_output("ERC-BEGIN 1\nERC-FILE 7 abc 0:0 644 1\nERC-END\n", ("/a", "/b"))
     with pytest.raises(pp.ProtocolError):
-        pp.parse_read_output("hello\n", 2)
-
-
-def test_first_read_output_fits_ssm_even_with_the_most_files_and_errors() -> None:
-    n = 40  # 32 config files + 8 ansible vars files
-    worst_error = base64.b64encode(b"x" * 200).decode()
-    header = "\n".join(f"ERC-ERROR {i} {worst_error}" for i in range(n))
-    data = "A" * pp._stream_budget(n, first=True)
-    output = "\n".join(
-        [
-            "ERC-BEGIN 1",
-            header,
-            "ERC-SERVICE deactivating disabled",
-            f"ERC-STREAM 9999999 {','.join(map(str, range(n)))}",
-            f"ERC-DATA 0 {data}",
-            "ERC-END",
-        ]
-    )
-    assert len(output) < pp.SSM_STDOUT_LIMIT
+        pp.parse_read_output("hello\n", ("/a", "/b"))
+    with pytest.raises(pp.ProtocolError, match="not listed"):
+        pp.parse_read_output(f"ERC-BEGIN 1\nERC-NODE 0 {_b64json({})}\nERC-END\n", ("/a",))
 
 
 def test_hash_output() -> None:
     paths = ("/a.yml", "/b.yml")
-    out = pp.parse_hash_output(f"ERC-BEGIN 1\nERC-HASH 0 {'a' * 64}\nERC-MISSING 1\nERC-END\n", paths)
+    out = parse_hash_output(f"ERC-BEGIN 1\nERC-HASH 0 {'a' * 64}\nERC-MISSING 1\nERC-END\n", paths)
     assert out == {"/a.yml": "a" * 64, "/b.yml": None}
     with pytest.raises(pp.ProtocolError, match="every path"):
-        pp.parse_hash_output(f"ERC-BEGIN 1\nERC-HASH 0 {'a' * 64}\nERC-END\n", paths)
+        parse_hash_output(f"ERC-BEGIN 1\nERC-HASH 0 {'a' * 64}\nERC-END\n", paths)
 
 
 # --------------------------------------------------------------------------------------------------- splices
@@ -242,25 +167,14 @@ def test_hash_output() -> None:
 lines = st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"") + b"\n"), max_size=40)
 
 
-@settings(max_examples=200)
-@given(lines, lines, st.booleans())
-def test_splice_rebuilds_the_new_content(old: list[bytes], new: list[bytes], cut_last_newline: bool) -> None:
-    a, b = b"".join(old), b"".join(new)
-    if cut_last_newline and b:
-        b = b[:-1]
-    segments = pp.splice_segments(a, b)
-    assert pp.apply_segments(a, segments) == b
-
-
 def test_a_location_change_carries_only_the_location_lines() -> None:
     files = fixture_files()
     the_plan = plan(files)
     assert [c.path for c in the_plan.changes] == list(PATHS)
     for change in the_plan.changes:
-        literal = b"".join(s.content for s in change.segments if isinstance(s, pp.Data))
-        assert b"10.0.0.5:11211" in literal
-        assert len(literal) < 400, change.path
-        assert pp.apply_segments(files[change.path], change.segments).count(b"localhost:11211") == 0
+        assert all("10.0.0.5:11211" in s.new and "10.0.0.5" not in s.old for s in change.splices)
+        assert sum(len(s.new) for s in change.splices) < 400, change.path
+        assert pp.apply_splices(files[change.path], change.splices).count(b"localhost:11211") == 0
 
 
 # ----------------------------------------------------------------------------------------------------- plans
@@ -285,17 +199,18 @@ def test_plan_restarts_only_the_changed_files_services_in_order_without_duplicat
 
 def test_second_plan_is_a_noop_and_files_after_are_the_new_hashes() -> None:
     first = plan(fixture_files())
-    files_after = {c.path: pp.apply_segments(fixture_files()[c.path], c.segments) for c in first.changes}
-    assert dict(first.files_after) == {p: sha(c) for p, c in files_after.items()}
+    files_after = {c.path: pp.apply_splices(fixture_files()[c.path], c.splices) for c in first.changes}
+    new_sums = {p: sha(c) for p, c in files_after.items()}
+    assert dict(first.files_after(new_sums)) == new_sums
     second = plan(dict(files_after))
     assert second.is_noop and not second.restarts and not second.verify
-    assert second.files_after == first.files_after
+    assert second.files_after({}) == first.files_after(new_sums)
 
 
 def test_verify_runs_only_when_something_changed() -> None:
     assert plan(fixture_files(), verify=("/usr/bin/true",)).verify == ("/usr/bin/true",)
     moved = {
-        c.path: pp.apply_segments(fixture_files()[c.path], c.segments) for c in plan(fixture_files()).changes
+        c.path: pp.apply_splices(fixture_files()[c.path], c.splices) for c in plan(fixture_files()).changes
     }
     assert plan(dict(moved), verify=("/usr/bin/true",)).verify == ()
 
@@ -314,24 +229,29 @@ def test_disable_local_memcached_only_when_it_runs_or_is_enabled() -> None:
 
 def test_revert_restores_the_original_bytes() -> None:
     files = fixture_files()
-    pushed = {c.path: pp.apply_segments(files[c.path], c.segments) for c in plan(files).changes}
+    pushed = {c.path: pp.apply_splices(files[c.path], c.splices) for c in plan(files).changes}
     back = pp.plan_revert(
         snapshot_of(dict(pushed)), current=["10.0.0.5:11211"], restart_for=OPENEDX.restart_command_for
     )
-    reverted = {c.path: pp.apply_segments(pushed[c.path], c.segments) for c in back.changes}
+    reverted = {c.path: pp.apply_splices(pushed[c.path], c.splices) for c in back.changes}
     # localhost files come back byte for byte; insights.yml said 127.0.0.1 and comes back as localhost
     for path, content in reverted.items():
         if b"127.0.0.1:11211" not in files[path]:
             assert content == files[path], path
 
 
-def test_plan_refuses_bad_yaml_and_bad_endpoints_with_the_path() -> None:
-    with pytest.raises(pp.PlanError, match=r"lms\.yml.*line"):
-        plan({"/edx/etc/lms.yml": b"CACHES: [\n"})
-    with pytest.raises(pp.PlanError, match=r"lms\.yml"):
+def test_unparsable_files_are_named_with_line_and_no_content_and_bad_endpoints_are_refused() -> None:
+    secret = b"SECRET_KEY: 'hunter2-canary'\nCACHES: [\n"
+    snapshot = snapshot_of(
+        {"/edx/etc/lms.yml": secret, "/edx/etc/studio.yml": fixture_files()["/edx/etc/studio.yml"]}
+    )
+    ((path, message),) = snapshot.errors
+    assert path == "/edx/etc/lms.yml" and "line 3" in message and "hunter2" not in message
+    assert [f.path for f in snapshot.files] == ["/edx/etc/studio.yml"]
+    with pytest.raises(pp.PlanError, match="endpoint"):
         plan({"/edx/etc/lms.yml": fixture_files()["/edx/etc/lms.yml"]}, endpoints=["10.0.0.5:11211;touch /x"])
-    with pytest.raises(pp.PlanError, match="UTF-8"):
-        plan({"/edx/etc/lms.yml": b"\xff\xfe"})
+    with pytest.raises(hostside.ErcRefused, match="UTF-8"):
+        hostside.erc_locate(b"\xff\xfe")
 
 
 # ------------------------------------------------------------------------------------------------ apply script
@@ -345,7 +265,7 @@ def test_apply_script_size_cap() -> None:
 
 def test_apply_script_of_a_normal_push_is_small() -> None:
     script = pp.render_apply_script(plan(fixture_files()), timestamp="20261129T101500Z")
-    assert len(script) < 16_000
+    assert len(script) - len(pp.host_program()) < 8_000  # the program the host runs, plus a few KiB
     assert script.startswith("#!/bin/bash\n")
 
 
@@ -364,7 +284,7 @@ def test_apply_output_rolled_back_names_the_failing_command_and_its_output() -> 
     output = "\n".join(
         [
             "ERC-BEGIN 1",
-            "ERC-BACKUP 0 20261129T101500Z",
+            f"ERC-BACKUP 0 {base64.b64encode(b'/edx/etc/lms.yml.erc-bak-20261129T101500Z').decode()}",
             "ERC-WROTE 5",
             "ERC-STEP restart.0 0 ",
             f"ERC-STEP restart.1 1 {b64('cms: ERROR (spawn error)')}",
@@ -427,7 +347,7 @@ INSIGHTS_SPELLINGS = (
 
 
 def applied(files: Mapping[str, bytes], the_plan: pp.HostPlan) -> dict[str, bytes]:
-    return {**files, **{c.path: pp.apply_segments(files[c.path], c.segments) for c in the_plan.changes}}
+    return {**files, **{c.path: pp.apply_splices(files[c.path], c.splices) for c in the_plan.changes}}
 
 
 def test_push_records_only_the_spellings_a_revert_would_not_write_anyway() -> None:
@@ -447,7 +367,9 @@ def test_revert_with_the_recorded_spellings_restores_every_file_byte_for_byte() 
     )
     assert {c.path for c in back.changes} == set(PATHS)
     assert applied(moved, back) == files
-    assert dict(back.files_after) == {p: sha(c) for p, c in files.items()}
+    assert dict(back.files_after({p: sha(c) for p, c in applied(moved, back).items()})) == {
+        p: sha(c) for p, c in files.items()
+    }
     assert back.local_endpoints == pushed.local_endpoints  # carried, not consumed
     again = pp.plan_revert(
         snapshot_of(files),
@@ -499,7 +421,7 @@ def test_local_spellings_round_trip_through_the_status() -> None:
     result = pp.HostPushResult(
         "i-0123456789abcdef0",
         "Configured",
-        pushed.files_after,
+        pushed.files_after({}),
         "c0ffee00-0000-0000-0000-000000000000",
         datetime(2026, 11, 29, 10, 15, 0, tzinfo=UTC),
         "updated",
@@ -514,7 +436,7 @@ def test_local_spellings_round_trip_through_the_status() -> None:
         },
         {"path": "/edx/etc/insights.yml", "alias": "CACHES.default", "endpoint": "127.0.0.1:11211"},
     ]
-    assert status["files"] == [{"path": p, "sha256": s} for p, s in pushed.files_after]  # unchanged shape
+    assert status["files"] == [{"path": p, "sha256": s} for p, s in pushed.files_after({})]  # unchanged shape
     again = pp.HostPushResult.from_status(status)
     assert again == result
     assert again.local_spellings == {

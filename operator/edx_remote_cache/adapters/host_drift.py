@@ -3,7 +3,7 @@
 Every resource tells the checker what its Configured hosts should hold (:meth:`HostDriftChecker.expect`, on
 each pass, from its status). When a drift pass asks (:meth:`HostDriftChecker.check`) and the last check is
 older than the drift interval, the checker checks **every** expectation of the region at once: one SendCommand
-per 50 hosts (see :mod:`edx_remote_cache.domain.drift_plan`) and one ListCommandInvocations page per 50 answers, plus a
+per 50 hosts (see :mod:`edx_remote_cache.domain.hosts.drift`) and one ListCommandInvocations page per 50 answers, plus a
 DescribeInstanceInformation only for hosts that did not answer the previous check (new, or offline then).
 Every other resource's drift pass in that interval is answered from that check. At 500 resources on two Open
 edX hosts that is 2 SSM calls per interval instead of ~2,000.
@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 from edx_remote_cache.adapters.host_push import DriftReport, drift_of_host
 from edx_remote_cache.adapters.ssm import TERMINAL_STATUSES, SsmAdapter, SsmError
-from edx_remote_cache.domain.drift_plan import (
+from edx_remote_cache.domain.hosts import ProtocolError
+from edx_remote_cache.domain.hosts.drift import (
     DriftBatch,
     pack_batches,
     parse_drift_answer,
     render_drift_script,
 )
-from edx_remote_cache.domain.push_plan import ProtocolError
 
 __all__ = ["HostDriftChecker"]
 

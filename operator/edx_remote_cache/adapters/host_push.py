@@ -1,9 +1,10 @@
 """Re-point Open edX hosts at the remote memcached over SSM, one host at a time, and undo it on failure.
 
-Per host: preflight (agent Online) → read every managed file (sha256, owner, mode, content; chunked) →
-plan with the rewrite engine in the operator → one apply script that compares-before-write, backs up,
-writes, restarts only the services whose files changed, verifies, and restores the exact original bytes
-(and restarts again) when a restart or the verify fails. Pushes are idempotent: a host already pointing at
+Per host: preflight (agent Online) → one read command in which the host parses its own files and prints
+only sha256, owner, mode and the memcached value nodes (the files' secrets never leave the host) → plan with
+the rewrite engine in the operator → one apply script that sends only splices, compares-and-swaps, re-parses,
+backs up, writes, restarts only the services whose files changed, verifies, and restores the exact original
+bytes (and restarts again) when a restart or the verify fails. Pushes are idempotent: a host already pointing at
 the endpoints costs one read command and nothing is written or restarted.
 
 Rollout follows ``spec.openedx.rollout``: at most ``maxConcurrency`` hosts at once; once more than
@@ -25,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from edx_remote_cache.adapters.ssm import CommandResult, SsmError
-from edx_remote_cache.domain.push_plan import (
+from edx_remote_cache.domain.hosts import (
     ERROR_STATES,
     LOCAL_MEMCACHED_UNIT,
     STEP_TIMEOUT_SECONDS,
@@ -37,25 +38,17 @@ from edx_remote_cache.domain.push_plan import (
     LocalEndpoints,
     PlanError,
     ProtocolError,
-    ReadHeader,
-    StreamChunk,
-    TransferError,
-    assemble_snapshot,
     backup_timestamp,
-    chunk_offsets,
     execution_timeout,
     host_paths,
     parse_apply_output,
-    parse_chunk_output,
-    parse_hash_output,
     parse_read_output,
     plan_push,
     plan_revert,
     render_apply_script,
-    render_chunk_script,
-    render_hash_script,
     render_read_script,
 )
+from edx_remote_cache.domain.hosts.drift import parse_hash_output, render_hash_script
 from edx_remote_cache.domain.spec import OpenedxSpec
 
 __all__ = [
@@ -72,8 +65,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 60  # seconds a read / hash command may run on the host
-READ_ATTEMPTS = 3  # a file edited mid-read is re-read this many times before the host is Failed
-READ_PARALLELISM = 5  # chunk commands in flight per host (the SSM agent runs 5 commands at once by default)
 
 
 class SsmPort(Protocol):
@@ -124,53 +115,35 @@ def _require_success(result: CommandResult, what: str) -> None:
     )
 
 
-def _fetch_chunks(ssm: SsmPort, host: str, paths: Sequence[str], header: ReadHeader) -> list[StreamChunk]:
-    """The rest of the stream, several commands at once (reads change nothing, so order does not matter)."""
-    offsets = chunk_offsets(header, len(paths))
-    if not offsets:
-        return []
-
-    def fetch(offset: int) -> StreamChunk:
-        script = render_chunk_script(paths, header.first.included, offset)
-        result = _run(ssm, host, script, timeout=READ_TIMEOUT, comment="edx-remote-cache read chunk")
-        _require_success(result, "a read chunk command")
-        return parse_chunk_output(result.stdout)
-
-    with ThreadPoolExecutor(
-        max_workers=min(READ_PARALLELISM, len(offsets)), thread_name_prefix="read-chunk"
-    ) as pool:
-        return list(pool.map(fetch, offsets))
-
-
 def _read(
     ssm: SsmPort, host: str, paths: Sequence[str], *, service: str | None, systemctl: Sequence[str]
 ) -> tuple[HostSnapshot, str]:
-    """Every present file with its metadata, sha256-verified; several commands only for big files."""
-    last: Exception | None = None
-    for _attempt in range(READ_ATTEMPTS):
-        first = _run(
-            ssm,
-            host,
-            render_read_script(paths, service=service, systemctl=systemctl),
-            timeout=READ_TIMEOUT,
-            comment="edx-remote-cache read",
+    """One command: the host parses its own files and prints only metadata and value nodes (see read.py)."""
+    result = _run(
+        ssm,
+        host,
+        render_read_script(paths, service=service, systemctl=systemctl),
+        timeout=READ_TIMEOUT,
+        comment="edx-remote-cache read",
+    )
+    _require_success(result, "the read command")
+    try:
+        snapshot = parse_read_output(result.stdout, paths)
+    except ProtocolError as exc:
+        raise _HostProblem("Failed", f"unexpected read output: {exc}", result.command_id) from None
+    if snapshot.no_python:
+        raise _HostProblem(
+            "Failed",
+            "the host cannot run the reader: no Python >= 3.8 with PyYAML "
+            f"({snapshot.no_python}); install python3-yaml; nothing was read",
+            result.command_id,
         )
-        _require_success(first, "the read command")
-        try:
-            header = parse_read_output(first.stdout, len(paths))
-            if header.errors:
-                index, message = header.errors[0]
-                raise _HostProblem(
-                    "Failed", f"{paths[index]} {message}; nothing was written", first.command_id
-                )
-            chunks = [header.first, *_fetch_chunks(ssm, host, paths, header)]
-            return assemble_snapshot(paths, header, chunks), first.command_id
-        except TransferError as exc:
-            log.info("%s: re-reading, %s", host, exc)
-            last = exc
-        except ProtocolError as exc:
-            raise _HostProblem("Failed", f"unexpected read output: {exc}", first.command_id) from None
-    raise _HostProblem("Failed", f"the files kept changing while being read: {last}")
+    if snapshot.failure:
+        raise _HostProblem("Failed", f"{snapshot.failure}; nothing was written", result.command_id)
+    if snapshot.errors:
+        _path, message = snapshot.errors[0]
+        raise _HostProblem("Failed", f"{message}; nothing was written on this host", result.command_id)
+    return snapshot, result.command_id
 
 
 def _describe_success(plan: HostPlan, warnings: str) -> str:
@@ -187,6 +160,8 @@ def _describe_success(plan: HostPlan, warnings: str) -> str:
         parts.append("re-enabled the local memcached")
     if warnings:
         parts.append(warnings)
+    if plan.skipped:
+        parts.append(plan.skipped_message())
     return "; ".join(parts)
 
 
@@ -203,11 +178,12 @@ def _apply(
     step_timeout: int,
     systemctl: Sequence[str],
 ) -> HostPushResult:
-    files_now = tuple((f.path, f.sha256) for f in snapshot.files)
+    files_now = plan.files_after({})
     if plan.is_noop:
-        if previous is not None and previous.state == "Configured" and previous.files == plan.files_after:
-            return replace(previous, message="up to date", diffs=())  # keep its time: no status churn
-        return HostPushResult(host, "Configured", plan.files_after, read_id, started, "up to date", ())
+        message = "; ".join(filter(None, ["up to date", plan.skipped_message()]))
+        if previous is not None and previous.state == "Configured" and previous.files == files_now:
+            return replace(previous, message=message, diffs=())  # keep its time: no status churn
+        return HostPushResult(host, "Configured", files_now, read_id, started, message, ())
     if before_write is not None:
         before_write(host, plan)
     try:
@@ -234,9 +210,8 @@ def _apply(
         return HostPushResult(host, "Failed", (), result.command_id, started, message.strip(), plan.diffs)
     if outcome.state == "Configured":
         message = _describe_success(plan, outcome.message)
-        return HostPushResult(
-            host, "Configured", plan.files_after, result.command_id, started, message, plan.diffs
-        )
+        files = plan.files_after(dict(outcome.new_sha256))
+        return HostPushResult(host, "Configured", files, result.command_id, started, message, plan.diffs)
     if outcome.state == "Failed" and not outcome.message:
         detail = (result.stderr.strip() or result.stdout.strip())[-500:]
         outcome = replace(outcome, message=f"the apply script failed (exit {result.exit_code}): {detail}")

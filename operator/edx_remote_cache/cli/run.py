@@ -62,6 +62,11 @@ def add_parser(subparsers: Any) -> None:
         help="text lines, or one JSON object per line (kopf's JSON formatter) for log collectors",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-aws-wire-content-including-secrets",
+        action="store_true",
+        help="DANGEROUS: let -v log botocore's request and response bodies (SSM command scripts and outputs)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -78,6 +83,14 @@ def run(args: argparse.Namespace) -> int:
             level=logging.DEBUG if args.verbose else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+    # botocore's DEBUG logs whole request and response bodies (SSM scripts and command output): never by default
+    if args.log_aws_wire_content_including_secrets:
+        logging.getLogger(__name__).warning(
+            "--log-aws-wire-content-including-secrets: AWS request and response bodies will be logged"
+        )
+    else:
+        for name in ("botocore", "boto3", "urllib3", "s3transfer"):
+            logging.getLogger(name).setLevel(logging.INFO)
     handlers.configure(
         Settings(
             metrics_port=args.metrics_port,

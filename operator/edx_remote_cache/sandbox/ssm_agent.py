@@ -908,11 +908,22 @@ class SsmService:
             self.poke(instance_id)
 
     def invocations(self, instance_id: str | None = None) -> list[dict[str, Any]]:
-        """Every invocation so far (for tests), newest first, ignoring the visibility delay."""
+        """Every invocation so far (for tests), newest first, ignoring the visibility delay.
+
+        Each carries everything SSM would keep in its invocation history, untruncated: ``Parameters`` (every
+        document parameter as sent), ``Script``, and ``FullStdout`` / ``FullStderr`` as the agent captured
+        them. The secrets test asserts over all of it that no config file content ever left a host.
+        """
         with self._lock:
             commands = [self._commands[c] for c in reversed(self._order)]
         return [
-            {**i.to_get_result(), "Script": c.script}
+            {
+                **i.to_get_result(),
+                "Script": c.script,
+                "Parameters": {k: list(v) for k, v in c.parameters.items()},
+                "FullStdout": i.stdout,
+                "FullStderr": i.stderr,
+            }
             for c in commands
             for i in c.invocations.values()
             if instance_id in (None, i.instance_id)

@@ -11,7 +11,8 @@ poll); this module lets :mod:`edx_remote_cache.adapters.host_drift` ask for ever
 * expectations are the first 32 hex digits (128 bits) of each file's sha256: a change that keeps them is a
   second-preimage attack on SHA-256, not an ansible run, and it keeps 500 files per command in the size cap.
 
-The line protocol is the one of :mod:`edx_remote_cache.domain.push_plan` (``ERC-BEGIN`` … ``ERC-END``, free text in
+A symlinked file is hashed through its link (the push edits its target). The line protocol is the one of
+:mod:`edx_remote_cache.domain.hosts.protocol` (``ERC-BEGIN`` … ``ERC-END``, free text in
 base64), so a hostile file name cannot forge an answer.
 """
 
@@ -20,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from edx_remote_cache.domain.push_plan import (
+from edx_remote_cache.domain.hosts.protocol import (
+    _SHA256,
     MAX_SCRIPT_CHARS,
     ProtocolError,
     _b64text,
@@ -39,7 +41,9 @@ __all__ = [
     "DriftBatch",
     "pack_batches",
     "parse_drift_answer",
+    "parse_hash_output",
     "render_drift_script",
+    "render_hash_script",
 ]
 
 HOSTS_PER_COMMAND = 50  # SendCommand accepts at most 50 InstanceIds
@@ -155,7 +159,7 @@ esac"""
             f"""\
 for w in "${{want[@]}}"; do
   i=${{w%%:*}}; p=${{paths[$i]}}
-  if [ -L "$p" ] || {{ [ -e "$p" ] && [ ! -f "$p" ]; }}; then erc_err "$i" "is not a regular file"
+  if [ -e "$p" ] && [ ! -f "$p" ]; then erc_err "$i" "is not a regular file"
   elif [ ! -e "$p" ]; then echo "ERC-MISSING $i"
   elif ! sum=$( {{ sha256sum < "$p"; }} 2>&1 ); then erc_err "$i" "cannot read: $sum"
   elif [ "${{sum:0:{PREFIX_HEX}}}" != "${{w#*:}}" ]; then echo "ERC-HASH $i ${{sum%% *}}"
@@ -196,3 +200,47 @@ def parse_drift_answer(stdout: str, batch: DriftBatch, host: str) -> DriftAnswer
     if foreign:
         raise ProtocolError(f"drift check reported a file this host was not asked about: {foreign[0]}")
     return DriftAnswer(checked, tuple(changed), tuple(errors))
+
+
+# ------------------------------------------------------------------------- one host, the old way
+
+
+def render_hash_script(paths: Sequence[str]) -> str:
+    """The cheap drift check: only each file's sha256 (or missing / error)."""
+    for path in paths:
+        _check_path(path)
+    return "\n".join(
+        [
+            _prelude("hash"),
+            _bash_array("paths", paths),
+            """\
+for i in "${!paths[@]}"; do
+  p=${paths[$i]}
+  if [ -e "$p" ] && [ ! -f "$p" ]; then erc_err "$i" "is not a regular file"
+  elif [ ! -e "$p" ]; then echo "ERC-MISSING $i"
+  elif ! sum=$( { sha256sum < "$p"; } 2>&1 ); then erc_err "$i" "cannot read: $sum"
+  else echo "ERC-HASH $i ${sum%% *}"
+  fi
+done
+echo "ERC-END"
+""",
+        ]
+    )
+
+
+def parse_hash_output(stdout: str, paths: Sequence[str]) -> dict[str, str | None]:
+    """path → sha256, or None when missing; an unreadable file raises ProtocolError with its message."""
+    out: dict[str, str | None] = {}
+    for words in _lines(stdout, "hash"):
+        if words[0] == "ERC-HASH" and len(words) == 3 and _SHA256.match(words[2]):
+            out[paths[_index(words[1], len(paths))]] = words[2]
+        elif words[0] == "ERC-MISSING" and len(words) == 2:
+            out[paths[_index(words[1], len(paths))]] = None
+        elif words[0] == "ERC-ERROR" and len(words) in (2, 3):
+            path = paths[_index(words[1], len(paths))]
+            raise ProtocolError(f"{path}: {_b64text(words[2]) if len(words) == 3 else 'error'}")
+        else:
+            raise ProtocolError(f"unexpected line in hash output: {' '.join(words)[:120]!r}")
+    if set(out) != set(paths):
+        raise ProtocolError("hash output does not cover every path")
+    return out

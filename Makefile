@@ -39,7 +39,7 @@ lint: install
 	$(BIN)/ruff check operator tests bench
 	$(BIN)/ruff format --check operator tests bench
 	$(BIN)/lint-imports
-	$(BIN)/mypy $(TYPED_PACKAGES)
+	$(BIN)/mypy --strict --no-warn-unused-ignores $(TYPED_PACKAGES)
 
 bench: install
 	$(PY) bench/run.py

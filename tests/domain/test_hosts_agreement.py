@@ -51,9 +51,22 @@ def _through_the_host(path: str, data: bytes) -> bytes:
     return new
 
 
+# Calls that parse on Python 3.8 but fail there at run time (Ubuntu 20.04's python3 is 3.8): keyword or method
+NEWER_THAN_3_8 = {"strict": "zip(strict=) is 3.10", "removeprefix": "3.9", "removesuffix": "3.9",
+                  "pairwise": "3.10", "is_relative_to": "3.9", "readlink": "Path.readlink is 3.9"}  # fmt: skip
+
+
 def test_the_host_program_is_python_3_8_source_and_fits_a_command() -> None:
     program = pp.host_program()
-    ast.parse(program, feature_version=(3, 8))
+    tree = ast.parse(program, feature_version=(3, 8))
+    newer = [
+        f"line {node.lineno}: {name} ({NEWER_THAN_3_8[name]})"
+        for node in ast.walk(tree)
+        for name in ([k.arg for k in node.keywords if k.arg] if isinstance(node, ast.Call) else [])
+        + ([node.attr] if isinstance(node, ast.Attribute) else [])
+        if name in NEWER_THAN_3_8
+    ]
+    assert newer == [], "the host program runs on Python 3.8: " + "; ".join(newer)
     assert not any(line.endswith("# erc: not on the host") for line in program.splitlines())
     assert len(pp.render_read_script(["/edx/etc/lms.yml"] * 40)) < pp.MAX_SCRIPT_CHARS
 

@@ -23,9 +23,9 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol
 
-from edx_remote_cache.adapters.ssm import CommandResult, SsmError
+from edx_remote_cache.adapters.ports import CommandResult, SsmRunner
+from edx_remote_cache.adapters.ssm import SsmError
 from edx_remote_cache.domain.hosts import (
     ERROR_STATES,
     LOCAL_MEMCACHED_UNIT,
@@ -55,7 +55,7 @@ __all__ = [
     "BeforeWrite",
     "DriftReport",
     "HostPushResult",
-    "SsmPort",
+    "SsmRunner",
     "drift_of_host",
     "expected_files",
     "push_hosts",
@@ -65,16 +65,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 READ_TIMEOUT = 60  # seconds a read / hash command may run on the host
-
-
-class SsmPort(Protocol):
-    """What host_push needs from SSM (:class:`edx_remote_cache.adapters.ssm.SsmAdapter` provides it)."""
-
-    def ping_statuses(self, instance_ids: Sequence[str]) -> Mapping[str, str]: ...
-
-    def run_script(
-        self, instance_id: str, script: str, *, timeout: float = ..., comment: str = ...
-    ) -> CommandResult: ...
 
 
 BeforeWrite = Callable[[str, HostPlan], None]
@@ -95,7 +85,7 @@ class _HostProblem(Exception):
         self.command_id = command_id
 
 
-def _run(ssm: SsmPort, host: str, script: str, *, timeout: float, comment: str) -> CommandResult:
+def _run(ssm: SsmRunner, host: str, script: str, *, timeout: float, comment: str) -> CommandResult:
     try:
         return ssm.run_script(host, script, timeout=timeout, comment=comment)
     except SsmError as exc:
@@ -116,7 +106,7 @@ def _require_success(result: CommandResult, what: str) -> None:
 
 
 def _read(
-    ssm: SsmPort, host: str, paths: Sequence[str], *, service: str | None, systemctl: Sequence[str]
+    ssm: SsmRunner, host: str, paths: Sequence[str], *, service: str | None, systemctl: Sequence[str]
 ) -> tuple[HostSnapshot, str]:
     """One command: the host parses its own files and prints only metadata and value nodes (see read.py)."""
     result = _run(
@@ -166,7 +156,7 @@ def _describe_success(plan: HostPlan, warnings: str) -> str:
 
 
 def _apply(
-    ssm: SsmPort,
+    ssm: SsmRunner,
     host: str,
     snapshot: HostSnapshot,
     plan: HostPlan,
@@ -229,7 +219,7 @@ def _carried(previous: HostPushResult | None) -> LocalEndpoints:
 
 
 def _one_host(
-    ssm: SsmPort,
+    ssm: SsmRunner,
     host: str,
     ping: str,
     *,
@@ -338,7 +328,7 @@ def _rollout(
 
 def _push(
     *,
-    ssm: SsmPort,
+    ssm: SsmRunner,
     hosts: Sequence[str],
     openedx: OpenedxSpec,
     planner: Planner,
@@ -391,7 +381,7 @@ def _push(
 
 def push_hosts(
     *,
-    ssm: SsmPort,
+    ssm: SsmRunner,
     hosts: Sequence[str],
     openedx: OpenedxSpec,
     endpoints: Sequence[str],
@@ -435,7 +425,7 @@ def push_hosts(
 
 def revert_hosts(
     *,
-    ssm: SsmPort,
+    ssm: SsmRunner,
     hosts: Sequence[str],
     openedx: OpenedxSpec,
     current_endpoints: Collection[str],
@@ -497,7 +487,7 @@ def expected_files(results: Iterable[HostPushResult]) -> dict[str, dict[str, str
     return {r.instance_id: dict(r.files) for r in results if r.state == "Configured" and r.files}
 
 
-def drift_of_host(ssm: SsmPort, host: str, expected: Mapping[str, str]) -> DriftReport:
+def drift_of_host(ssm: SsmRunner, host: str, expected: Mapping[str, str]) -> DriftReport:
     """One hash command to one host (the batched check in :mod:`host_drift` falls back to it)."""
     paths = list(expected)
     try:

@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from edx_remote_cache import GROUP, PLURAL, VERSION
-
-
-class StatusWriter(Protocol):
-    async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
 
 
 class KubernetesStatusWriter:

@@ -19,10 +19,11 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
+
+from edx_remote_cache.adapters.ports import CommandResult
 
 __all__ = [
     "DOCUMENT",
@@ -51,28 +52,6 @@ class SsmError(RuntimeError):
     def unreachable(self) -> bool:
         """The instance is not taking commands (agent offline, stopped, not managed)."""
         return self.code in UNREACHABLE_CODES
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    """One invocation's outcome as GetCommandInvocation reports it (output already truncated by SSM)."""
-
-    command_id: str
-    status: str  # Success, Failed, TimedOut, Cancelled (or DeliveryTimedOut when it never reached the agent)
-    exit_code: int  # the script's exit status; -1 when it did not run to completion
-    stdout: str
-    stderr: str
-    status_details: str = ""
-    duration: float = 0.0  # seconds from SendCommand to the terminal status
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "Success" and self.exit_code == 0
-
-    @property
-    def delivered(self) -> bool:
-        """False when the agent never picked the command up (nothing ran on the host)."""
-        return self.status_details not in ("Delivery Timed Out", "Undeliverable", "DeliveryTimedOut")
 
 
 def _code(exc: ClientError) -> str:

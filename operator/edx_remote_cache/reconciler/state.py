@@ -12,14 +12,14 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from edx_remote_cache.adapters import aws, host_push, probe
 from edx_remote_cache.adapters.aws import AwsClients, CloudLookups, EdxHostDirectory, RegionObserver
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.host_push import HostPushResult
-from edx_remote_cache.adapters.kube_status import StatusWriter
 from edx_remote_cache.adapters.metrics import Metrics
+from edx_remote_cache.adapters.ports import EventSink, StatusWriter
 from edx_remote_cache.adapters.probe import ProbeResult
 from edx_remote_cache.adapters.resolver import AddressResolver
 from edx_remote_cache.adapters.ssm import SsmAdapter
@@ -30,10 +30,6 @@ from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 
 PAUSE_ANNOTATION = "edx-remote-cache.openedx.org/paused"
-
-
-class EventSink(Protocol):
-    def __call__(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
 
 
 class RequeueError(Exception):

@@ -12,7 +12,6 @@ import X` keeps working.
 
 from edx_remote_cache.adapters.aws.act import (
     RECONFIGURE_TIMEOUT_SECONDS,
-    CommandOutcome,
     SsmRunner,
     act,
 )
@@ -60,7 +59,6 @@ __all__ = [
     "AwsClients",
     "AwsError",
     "CloudLookups",
-    "CommandOutcome",
     "EdxHostDirectory",
     "ImageInfo",
     "RegionObserver",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from edx_remote_cache.adapters.aws.clients import AwsClients, _chunks
 from edx_remote_cache.adapters.aws.errors import (
@@ -13,6 +13,7 @@ from edx_remote_cache.adapters.aws.errors import (
     RetryableAwsError,
     _call,
 )
+from edx_remote_cache.adapters.ports import SsmRunner
 from edx_remote_cache.adapters.ssm import SsmError
 from edx_remote_cache.domain.cloud.actions import (
     Action,
@@ -43,32 +44,6 @@ RECONFIGURE_TIMEOUT_SECONDS = 120.0
 
 def _aws_tags(tags: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"Key": k, "Value": v} for k, v in tags]
-
-
-class CommandOutcome(Protocol):
-    """What `edx_remote_cache.adapters.ssm.CommandResult` offers the executor."""
-
-    @property
-    def ok(self) -> bool: ...
-    @property
-    def delivered(self) -> bool: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def exit_code(self) -> int: ...
-    @property
-    def stderr(self) -> str: ...
-
-
-class SsmRunner(Protocol):
-    """Runs a bash script on one instance through SSM Run Command (`edx_remote_cache.adapters.ssm.SsmAdapter`).
-
-    Raises `SsmError` when SSM refuses; `.unreachable` means the agent is offline or the host is not managed.
-    """
-
-    def run_script(
-        self, instance_id: str, script: str, *, timeout: float = ..., comment: str = ...
-    ) -> CommandOutcome: ...
 
 
 class _SpentToken(Exception):

@@ -163,7 +163,7 @@ def erc_check(old_data, new_data, splices):
     if [n["paths"] for n in old_nodes] != [n["paths"] for n in new_nodes] or not same_skipped:
         raise ErcRefused("the new file would not have the same cache settings")
     used = 0
-    for old, new in zip(old_nodes, new_nodes, strict=False):
+    for old, new in zip(old_nodes, new_nodes):
         want = planned.get((old["start"], old["end"]), old["source"])
         used += (old["start"], old["end"]) in planned
         if new["source"] != want:
@@ -205,9 +205,7 @@ def erc_apply(spec):
         return 3
     tmps, staged = [], []
     try:
-        for i, (f, (real, data, info)) in enumerate(
-            zip(files, built, strict=False)
-        ):  # 2. build and check each new file
+        for i, (f, (real, data, info)) in enumerate(zip(files, built)):  # 2. build and check each new file
             try:
                 new = erc_spliced(data, f["splices"])
                 erc_check(data, new, f["splices"])
@@ -242,8 +240,8 @@ def erc_apply(spec):
                 shutil.copy2(real, backup)
             backups.append((i, real, backup))
             erc_say("ERC-BACKUP", i, erc_b64(backup))
-        swapped = []
-        for (i, real, tmp, sha), (_i, _real, backup) in zip(staged, backups, strict=False):
+        swapped: list = []  # type: ignore[type-arg]
+        for (i, real, tmp, sha), (_i, _real, backup) in zip(staged, backups):
             try:
                 os.replace(tmp, real)
             except OSError as exc:

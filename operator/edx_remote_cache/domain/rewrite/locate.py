@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Tuple  # noqa: UP035 - a runtime alias below must work on Python 3.8
+from typing import Tuple
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -43,8 +43,10 @@ try:  # libyaml: same results as the pure-Python loader, ~15x faster
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - old hosts without libyaml
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+LOADER = _Loader  # the loader every parse here uses (render.py parses node texts with the same one)
 
 __all__ = [
+    "LOADER",
     "LOCATION",
     "MEMCACHE_VAR",
     "LocateError",
@@ -199,7 +201,7 @@ def _template_error(text: str) -> LocateError | None:
 
 # ------------------------------------------------------------------------------------------------- search
 
-_Ref = Tuple[str, int, Node, str]  # noqa: UP006 - (key path, key line, value node, kind); runs on Python 3.8
+_Ref = Tuple[str, int, Node, str]  # (key path, key line, value node, kind); typing.Tuple: runs on Python 3.8
 
 
 class _Finder:
@@ -208,8 +210,8 @@ class _Finder:
     def __init__(self) -> None:
         self.refs: list[_Ref] = []
         self.skipped: list[Skipped] = []
-        self._seen: set = set()
-        self._reported: set = set()  # lists whose templated items were already reported
+        self._seen: set[int] = set()
+        self._reported: set[int] = set()  # lists whose templated items were already reported
 
     def groups(self) -> list[list[_Ref]]:
         by_node: dict[int, list[_Ref]] = {}
@@ -292,7 +294,7 @@ class _Finder:
 
 def _is_endpoint_list(node: Node) -> bool:
     if isinstance(node, ScalarNode):
-        return node.tag == STR_TAG
+        return bool(node.tag == STR_TAG)
     return isinstance(node, SequenceNode) and all(isinstance(item, ScalarNode) for item in node.value)
 
 
@@ -349,7 +351,7 @@ def _entries(node: Node, path: str, key_line: int) -> list[str]:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def mapping(node: MappingNode, _seen: frozenset = frozenset()) -> dict[str, tuple[Node, Node]]:
+def mapping(node: MappingNode, _seen: frozenset[int] = frozenset()) -> dict[str, tuple[Node, Node]]:
     """Keys as PyYAML's safe_load sees them: ``<<`` merges applied, own keys win, last duplicate wins."""
     merged: dict[str, tuple[Node, Node]] = {}
     own: dict[str, tuple[Node, Node]] = {}

@@ -22,7 +22,8 @@ from yaml.nodes import Node, ScalarNode, SequenceNode
 from yaml.resolver import Resolver
 
 from edx_remote_cache.domain.rewrite.endpoints import RewriteError
-from edx_remote_cache.domain.rewrite.locate import STR_TAG, _Loader
+from edx_remote_cache.domain.rewrite.locate import LOADER as _Loader
+from edx_remote_cache.domain.rewrite.locate import STR_TAG
 
 __all__ = ["Edit", "edits", "render", "splice"]
 

@@ -75,10 +75,11 @@ def test_a_cache_managed_by_kubectl_from_apply_to_delete(
     kubectl(sb, "wait", "--for=condition=Ready", "erc/gitops", "-n", NS, "--timeout=60s", timeout=70)
 
     listed = kubectl(sb, "get", "erc", "-A").stdout.splitlines()
-    assert listed[0].split()[:3] == ["NAMESPACE", "NAME", "PHASE"]
-    assert any(line.split()[:3] == [NS, "gitops", "Ready"] for line in listed[1:]), listed
-    wide = kubectl(sb, "get", "erc", "-n", NS, "-o", "wide").stdout
-    assert "gitops" in wide and "Ready" in wide
+    assert listed[0].split()[:4] == ["NAMESPACE", "NAME", "READY", "PHASE"]
+    assert any(line.split()[:4] == [NS, "gitops", "True", "Ready"] for line in listed[1:]), listed
+    wide = kubectl(sb, "get", "erc", "-n", NS, "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-1] == "MESSAGE", wide
+    assert "instances running" in wide[1], "the Ready condition's message in the priority-1 column"
     described = kubectl(sb, "describe", "erc", "gitops", "-n", NS).stdout
     assert "Events:" in described and "Subnet Id:" in described
 

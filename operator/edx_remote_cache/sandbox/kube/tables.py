@@ -13,17 +13,24 @@ import aiohttp.web
 
 from .kinds import ServedKind
 
-_JSONPATH_STEP = re.compile(r"\.([^.\[\]]+)|\[(\d+)\]")
+_JSONPATH_STEP = re.compile(
+    r"""\.([^.\[\]]+)|\[(\d+)\]|\[\?\(@\.([A-Za-z0-9_]+)\s*==\s*["']([^"']*)["']\)\]"""
+)
 
 
 def jsonpath(obj: Any, path: str) -> Any:
-    """The simple printer-column JSONPath subset: ``.a.b``, ``.a[0].b``."""
+    """The printer-column JSONPath subset: ``.a.b``, ``.a[0].b`` and the filter ``.a[?(@.type=="Ready")].b``
+    (the first matching item, as kubectl prints a one-element result)."""
     node = obj
-    for name, index in _JSONPATH_STEP.findall(path):
+    for name, index, key, value in _JSONPATH_STEP.findall(path):
         if name:
             node = node.get(name) if isinstance(node, dict) else None
-        else:
+        elif index:
             node = node[int(index)] if isinstance(node, list) and int(index) < len(node) else None
+        else:
+            matches = [i for i in node if isinstance(i, dict) and str(i.get(key)) == value] if isinstance(
+                node, list) else []  # fmt: skip
+            node = matches[0] if matches else None
         if node is None:
             return None
     return node

@@ -29,13 +29,17 @@ from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.kube_status import KubernetesStatusWriter
 from edx_remote_cache.adapters.metrics import Metrics, serve
 from edx_remote_cache.adapters.probe import close_pooled_connections
-from edx_remote_cache.adapters.resolver import resolver_from_env
 from edx_remote_cache.adapters.ssm import SsmAdapter
 from edx_remote_cache.reconciler.reconciler import Adapters, Reconciler, RequeueError
 
 log = logging.getLogger(__name__)
 registry = kopf.OperatorRegistry()
-OPTIONS: dict[str, Any] = {"metrics_port": None, "metrics_addr": "0.0.0.0", "peering_lifetime": None}
+OPTIONS: dict[str, Any] = {
+    "metrics_port": None,
+    "metrics_addr": "0.0.0.0",
+    "peering_lifetime": None,
+    "probe_sources": (),
+}
 RESOURCE = (GROUP, VERSION, PLURAL)
 ANNOTATION_PREFIX = "edx-remote-cache.openedx.org"
 
@@ -119,7 +123,7 @@ def build_reconciler() -> Reconciler:
             ssm=regional.ssm,
             host_drift=regional.host_drift,
             status=KubernetesStatusWriter(),
-            resolver=resolver_from_env(),
+            probe_sources=tuple(OPTIONS["probe_sources"]),
             events=_post_event,
             metrics=metrics,
         )

@@ -1,7 +1,7 @@
 """``edx-remote-cache probe HOST:PORT ...``: a memcstat-like look at cache endpoints with a plain verdict.
 
 Exit status 0 only when every endpoint is HEALTHY, so it works in scripts and readiness checks.
-Addresses go through :func:`resolver_from_env`, so inside the sandbox EC2 endpoints map to loopback.
+Addresses are dialed as given; in the sandbox, run it where the cache is reachable: `edx-remote-cache sandbox exec --env-file FILE operator -- edx-remote-cache probe IP:PORT`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import sys
 from typing import Any, TextIO
 
 from edx_remote_cache.adapters.probe import ProbeResult, probe_many
-from edx_remote_cache.adapters.resolver import resolver_from_env
 
 __all__ = ["DEFAULT_TIMEOUT", "add_parser", "format_result", "main", "run", "verdict"]
 
@@ -50,7 +49,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def verdict(result: ProbeResult) -> str:
-    """HEALTHY, UNREACHABLE (refused|timeout|unmapped|protocol|error) or DEGRADED (canary ...)."""
+    """HEALTHY, UNREACHABLE (refused|timeout|unreachable|protocol|error) or DEGRADED (canary ...)."""
     if result.healthy:
         return "HEALTHY"
     if not result.reachable:
@@ -131,7 +130,7 @@ def format_result(result: ProbeResult) -> str:
 def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Probe ``args.endpoints``; print text or JSON; 0 if all HEALTHY else 1."""
     stream = out if out is not None else sys.stdout
-    results = probe_many(args.endpoints, resolver=resolver_from_env(), timeout=args.timeout)
+    results = probe_many(args.endpoints, timeout=args.timeout)
     if args.json:
         payload = [{**r.to_dict(), "verdict": verdict(r)} for r in results]
         stream.write(json.dumps(payload, indent=2) + "\n")

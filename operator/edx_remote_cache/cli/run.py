@@ -7,6 +7,8 @@ import logging
 import os
 from typing import Any
 
+from edx_remote_cache import PROBE_SOURCE_ENV
+
 
 def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -38,6 +40,14 @@ def add_parser(subparsers: Any) -> None:
         "--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port"
     )
     parser.add_argument("--metrics-addr", default="0.0.0.0", help="address for /metrics (default 0.0.0.0)")
+    parser.add_argument(
+        "--probe-source",
+        action="append",
+        default=None,
+        help="where the operator's probes come from, as security-group ids (sg-...) and/or CIDRs (repeatable or"
+        f" comma-separated; default ${PROBE_SOURCE_ENV}): added to every cache security group as the operator's"
+        " own rule, so its probes pass the group like a client's (docs/install.md, 'Network path')",
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     parser.set_defaults(func=run)
 
@@ -46,12 +56,27 @@ def run(args: argparse.Namespace) -> int:
     import kopf
 
     from edx_remote_cache.app import handlers
+    from edx_remote_cache.domain.cloud_plan import parse_probe_sources
 
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    raw_sources = (
+        args.probe_source if args.probe_source is not None else [os.environ.get(PROBE_SOURCE_ENV, "")]
+    )
+    try:
+        probe_sources = parse_probe_sources(" ".join(raw_sources))
+    except ValueError as exc:
+        raise SystemExit(f"edx-remote-cache run: {exc}") from exc
+    if not probe_sources:
+        logging.getLogger(__name__).warning(
+            "no --probe-source / %s: the operator adds no rule for its own probes, so they reach a cache host "
+            "only if its security group already allows the operator's address (docs/install.md, 'Network path')",
+            PROBE_SOURCE_ENV,
+        )
     handlers.OPTIONS.update(
+        probe_sources=probe_sources,
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
         peering_lifetime=args.peering_lifetime,

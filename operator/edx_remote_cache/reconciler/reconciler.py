@@ -31,7 +31,6 @@ from edx_remote_cache.adapters.host_push import HostPushResult, expected_files, 
 from edx_remote_cache.adapters.kube_status import StatusWriter
 from edx_remote_cache.adapters.metrics import Metrics
 from edx_remote_cache.adapters.probe import ProbeResult, probe_all
-from edx_remote_cache.adapters.resolver import AddressResolver
 from edx_remote_cache.adapters.ssm import SsmAdapter, SsmError
 from edx_remote_cache.domain.cloud_plan import (
     ActResult,
@@ -107,10 +106,12 @@ class Adapters:
     ssm: Callable[[str], SsmAdapter]
     host_drift: Callable[[str, float], HostDriftChecker]
     status: StatusWriter
-    resolver: AddressResolver
     events: EventSink
     metrics: Metrics
     clock: Callable[[], float] = time.time
+    probe_sources: tuple[
+        str, ...
+    ] = ()  # the operator's own source (sg ids / CIDRs), allowed on every cache group
 
 
 @dataclasses.dataclass
@@ -412,6 +413,7 @@ class Reconciler:
                 vpc_id=vpc_id,
                 edx_security_groups=edx_security_groups(edx),
                 replacements=replacements,
+                probe_sources=self.a.probe_sources,
             )
             observed = await asyncio.to_thread(
                 observer.observe, owner, adopt_instance_ids=tuple(spec.instance.adopt_instance_ids)
@@ -732,7 +734,7 @@ class Reconciler:
         if not targets:
             state.last_probe = []
             return []
-        results = await probe_all(targets, resolver=self.a.resolver, timeout=spec.probe.timeout_seconds)
+        results = await probe_all(targets, timeout=spec.probe.timeout_seconds)
         state.last_probe = results
         state.consecutive_failures = (
             state.consecutive_failures + 1 if any(not r.healthy for r in results) else 0

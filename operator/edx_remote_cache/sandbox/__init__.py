@@ -369,6 +369,43 @@ class Sandbox:
             return []
         return [json.loads(line) for line in lines]
 
+    def in_namespace(self, target: str) -> list[str]:
+        """The command prefix that runs a program in ``target``'s network namespace (an instance id, or
+        ``operator``), as ``edx-remote-cache sandbox exec`` does."""
+        from edx_remote_cache.sandbox.netns import nsenter_argv
+
+        return nsenter_argv(self._network().namespace(target))
+
+    def lms_check(
+        self, instance_id: str, files: tuple[str, ...] = ("lms.yml", "studio.yml"), *, timeout: float = 60
+    ) -> list[dict[str, Any]]:
+        """Run "the LMS" (sandbox/lms.py) on Open edX host ``instance_id``: set and get through every memcached
+        alias of its current config files, from its namespace; one dict per alias (``ok``, ``error``, ...)."""
+        import json
+        import subprocess
+        import sys
+
+        from edx_remote_cache.sandbox.cache_hosts import OWNER_ENV
+
+        configs = [arg for name in files for arg in ("--config", str(self.roots[instance_id] / "etc" / name))]
+        argv = [
+            *self.in_namespace(instance_id),
+            sys.executable,
+            "-m",
+            "edx_remote_cache.sandbox.lms",
+            "check",
+        ]
+        env = {**os.environ, OWNER_ENV: str(os.getpid())}
+        done = subprocess.run(
+            [*argv, *configs], capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+        lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            raise RuntimeError(
+                f"the LMS on {instance_id} did not run ({done.returncode}): {done.stderr[-2000:]}"
+            )
+        return lines
+
     def client(self, service: str) -> Any:
         """A boto3 client on the sandbox's AWS (its calls are recorded like the operator's)."""
         return self._aws().client(service)

@@ -21,17 +21,21 @@ a second or two instead of after the kernel's two-minute SYN retries.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["MEMCACHED_BACKENDS", "caches_from_config", "main"]
+__all__ = ["MEMCACHED_BACKENDS", "LmsTraffic", "caches_from_config", "main"]
 
 MEMCACHED_BACKENDS = {
     "django.core.cache.backends.memcached.MemcachedCache": "django.core.cache.backends.memcached.PyMemcacheCache",
@@ -153,6 +157,63 @@ def traffic(path: Path, alias: str, rate: float, seed: int) -> int:
             print(json.dumps({**counters, "location": location, "last_error": last_error}), flush=True)
             last_report = now
         time.sleep(pause)
+
+
+class LmsTraffic:
+    """Drives ``traffic`` mode in an Open edX host's namespace from the sandbox process and keeps its counters
+    (the demo's traffic step): ``prefix`` is the namespace prefix (``Sandbox.in_namespace``), ``config`` the
+    host's lms.yml on this machine's filesystem."""
+
+    def __init__(
+        self, prefix: Sequence[str], config: Path, *, env: dict[str, str], rate: float = 250.0
+    ) -> None:
+        self.argv = [*prefix, sys.executable, "-m", "edx_remote_cache.sandbox.lms", "traffic",
+                     "--config", str(config), "--rate", str(rate)]  # fmt: skip
+        self.env = env
+        self.gets = self.hits = self.misses = self.errors = 0
+        self.last_ok = 0.0
+        self.last_error = ""
+        self.address = ""  # the LOCATION the LMS is using (the cache host's private IP:port)
+        self._process: subprocess.Popen[str] | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> LmsTraffic:
+        self._process = subprocess.Popen(
+            self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env
+        )
+        self._thread = threading.Thread(target=self._read, name="demo-lms-traffic", daemon=True)
+        self._thread.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            with contextlib.suppress(ValueError):
+                data = json.loads(line)
+                with self._lock:
+                    if data["gets"] > self.gets:
+                        self.last_ok = time.monotonic()
+                    self.gets, self.hits = int(data["gets"]), int(data["hits"])
+                    self.misses, self.errors = int(data["misses"]), int(data["errors"])
+                    self.last_error, self.address = str(data["last_error"]), str(data["location"])
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(5)
+        if self._thread is not None:
+            self._thread.join(5)
+
+    @property
+    def hit_ratio(self) -> float | None:
+        with self._lock:
+            total = self.hits + self.misses
+            return self.hits / total if total else None
+
+    def snapshot(self) -> tuple[int, int, int, int]:
+        with self._lock:
+            return self.gets, self.hits, self.misses, self.errors
 
 
 def main(argv: list[str] | None = None) -> int:

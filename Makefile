@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 	  echo "installing Debian memcached + libmemcached-tools"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq memcached libmemcached-tools >/dev/null; }
+	@# the sandbox VPC: network namespaces, veths and bridges (iproute2), security groups as nftables rules
+	@command -v ip >/dev/null && command -v nft >/dev/null || { \
+	  echo "installing Debian iproute2 + nftables"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq iproute2 nftables >/dev/null; }
 	@# the Debian package starts a system memcached on 127.0.0.1:11211; the sandbox never needs it
 	@-[ "$$(id -u)" = 0 ] && command -v systemctl >/dev/null && systemctl stop memcached >/dev/null 2>&1 || true
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -37,7 +37,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 
 from edx_remote_cache.adapters.probe import probe_all
-from edx_remote_cache.adapters.resolver import IdentityResolver
 
 METRIC = "probe_round_seconds_500"
 CPU_METRIC = "probe_cpu_ms_per_probe"
@@ -112,11 +111,10 @@ def memcached_fleet(count: int, binary: str) -> Iterator[list[int]]:
 
 
 async def _rounds(endpoints: list[str], rounds: int, timeout: float, concurrency: int) -> list[float]:
-    resolver = IdentityResolver()
     times: list[float] = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        results = await probe_all(endpoints, resolver=resolver, timeout=timeout, max_concurrency=concurrency)
+        results = await probe_all(endpoints, timeout=timeout, max_concurrency=concurrency)
         times.append(time.perf_counter() - t0)
         bad = [r for r in results if not r.healthy]
         if bad:
@@ -130,7 +128,6 @@ async def _paced(
     """One task per endpoint, each probing its endpoint alone every ``interval`` (as the operator's daemons
     do), starts spread over one interval; returns (CPU seconds, probes) over ``seconds``. ``probe=False``:
     the same loop without the probe (its own cost)."""
-    resolver = IdentityResolver()
     probes = 0
     unhealthy = 0
     stop_at = time.monotonic() + seconds
@@ -141,7 +138,7 @@ async def _paced(
         while time.monotonic() < stop_at:
             began = time.monotonic()
             if probe:
-                (result,) = await probe_all([endpoint], resolver=resolver, timeout=timeout)
+                (result,) = await probe_all([endpoint], timeout=timeout)
                 unhealthy += not result.healthy
             probes += 1
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - began)))

@@ -8,6 +8,7 @@ Parts (each also selectable with ``--only``):
 * probe      bench/bench_probe.py: one probe round over 500 real memcached processes
 * lifecycle  bench/lifecycle.py: Ready, detect refused/hung, heal, replace, idle status writes (real operator)
 * scale      bench/scale.py: N resources at steady state: AWS calls per drift interval, operator RSS/CPU
+* network    bench/network.py: sandbox start-up and the cost of one launched instance in the sandbox VPC
 
 Results go to bench/out/results.json (``--out``): ``figures`` (name → median/min/max/n, target, met, and what was
 measured), ``details`` (per-part context: configuration, per-window breakdowns) and ``meta``. ``--smoke`` runs a
@@ -34,7 +35,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(ROOT / "operator"))
 
-PARTS = ("rewrite", "probe", "lifecycle", "scale")
+PARTS = ("rewrite", "probe", "lifecycle", "scale", "network")
 
 
 # name, target, unit, how the target reads in the table; `met` compares the median with the target
@@ -51,6 +52,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "probe_round_seconds_500": ("s", "≤ 1"),
     "rewrite_ms_64k": ("ms", "≤ 50"),
     "status_writes_per_minute_idle": ("/min", "≤ 2"),
+    "sandbox_start_seconds": ("s", "≤ 5"),
+    "instance_launch_ms": ("ms", "≤ 200"),
 }
 FIXED_TARGETS = {
     "ready_seconds": 3.0,
@@ -63,6 +66,8 @@ FIXED_TARGETS = {
     "probe_round_seconds_500": 1.0,
     "rewrite_ms_64k": 50.0,
     "status_writes_per_minute_idle": 2.0,
+    "sandbox_start_seconds": 5.0,
+    "instance_launch_ms": 200.0,
 }
 
 
@@ -145,6 +150,12 @@ def part_scale(args: argparse.Namespace) -> dict[str, Any]:
         log=log,
     )
     return result
+
+
+def part_network(args: argparse.Namespace) -> dict[str, Any]:
+    from network import run_network
+
+    return run_network(starts=1 if args.smoke else 3, instances=3 if args.smoke else 50)
 
 
 def _env_extra(args: argparse.Namespace) -> dict[str, str]:
@@ -301,7 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parts: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     timings: dict[str, float] = {}
-    runners = {"rewrite": part_rewrite, "probe": part_probe, "lifecycle": part_lifecycle, "scale": part_scale}
+    runners = {
+        "rewrite": part_rewrite,
+        "probe": part_probe,
+        "lifecycle": part_lifecycle,
+        "scale": part_scale,
+        "network": part_network,
+    }
     for part in PARTS:
         if part not in parts_wanted:
             continue

@@ -1,11 +1,16 @@
-"""Test-wide: no test may open a socket to anything but loopback (see README, "the environment"), and the
-sandbox fixtures the host push and host drift tests share."""
+"""Test-wide: no test may open a socket to anything but loopback from this machine's own network namespace (see
+README, "the environment"), and the sandbox fixtures the host push and host drift tests share.
+
+A socket the sandbox made inside one of its VPC namespaces (sandbox/netns.py ``socket_in``) may dial a private
+address there: those namespaces have no route out, so the packet cannot leave the machine. The guard tells them
+apart by the socket's network-namespace cookie (SO_NETNS_COOKIE), not by trusting the caller."""
 
 from __future__ import annotations
 
 import ipaddress
 import shutil
 import socket
+import struct
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -29,6 +34,36 @@ def _is_loopback(host: object) -> bool:
         return False
 
 
+SO_NETNS_COOKIE = 71
+
+
+def _netns_cookie(sock: object) -> int | None:
+    try:
+        return int(struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])  # type: ignore[attr-defined]
+    except (OSError, AttributeError, struct.error):
+        return None
+
+
+with socket.socket() as _probe_socket:
+    ROOT_NETNS_COOKIE = _netns_cookie(_probe_socket)
+
+
+def _private_in_sandbox_namespace(sock: object, host: object) -> bool:
+    """A private address dialed by a socket that lives in another (sandbox) namespace than this machine's."""
+    cookie = _netns_cookie(sock)
+    if (
+        cookie is None
+        or ROOT_NETNS_COOKIE is None
+        or cookie == ROOT_NETNS_COOKIE
+        or not isinstance(host, str)
+    ):
+        return False
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_private
+    except ValueError:
+        return False
+
+
 class NonLoopbackConnect(RuntimeError):
     """Raised inside the test process when code dials a non-loopback address."""
 
@@ -41,7 +76,7 @@ def _audit(event: str, args: tuple[object, ...]) -> None:
     if family not in (socket.AF_INET, socket.AF_INET6):
         return  # unix sockets are local by construction
     host = address[0] if isinstance(address, tuple) else address
-    if not _is_loopback(host):
+    if not _is_loopback(host) and not _private_in_sandbox_namespace(sock, host):
         raise NonLoopbackConnect(f"test tried to connect to non-loopback address {address!r}")
 
 

@@ -8,3 +8,6 @@ PLURAL = "edxremotecaches"
 KIND = "EdxRemoteCache"
 OWNER_TAG = "edx-remote-cache.openedx.org/owner"
 OWNER_UID_TAG = "edx-remote-cache.openedx.org/owner-uid"
+PROBE_SOURCE_ENV = (
+    "EDX_REMOTE_CACHE_PROBE_SOURCE"  # the operator's probe source: security-group ids and/or CIDRs
+)

@@ -11,12 +11,10 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from edx_remote_cache.adapters.probe import close_pooled_connections
-from edx_remote_cache.adapters.resolver import ENV_ADDRESS_MAP
 from edx_remote_cache.cli.probe import add_parser, main
 
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
@@ -55,12 +53,6 @@ def memcached() -> Iterator[Callable[[], tuple[str, subprocess.Popen[bytes]]]]:
             os.kill(proc.pid, signal.SIGCONT)
             proc.kill()
         proc.wait(timeout=5)
-
-
-@pytest.fixture(autouse=True)
-def no_address_map(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests dial loopback only; a map from the developer's shell must not leak in."""
-    monkeypatch.delenv(ENV_ADDRESS_MAP, raising=False)
 
 
 @pytest.fixture(autouse=True)
@@ -130,25 +122,6 @@ def test_json_output_is_a_list_in_argument_order(
     assert data[0]["error_kind"] == "refused" and data[0]["healthy"] is False
     assert data[1]["healthy"] is True and data[1]["limit_maxbytes"] == 8 * 1024 * 1024
     assert isinstance(data[1]["version"], str) and "hit_ratio" in data[1]
-
-
-def test_sandbox_map_is_honoured_and_unmapped_hosts_are_not_dialed(
-    memcached: Callable[[], tuple[str, subprocess.Popen[bytes]]],
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:
-    endpoint, _ = memcached()
-    address_map = tmp_path / "addresses.json"
-    address_map.write_text(json.dumps({"10.0.1.5:11211": endpoint}))
-    monkeypatch.setenv(ENV_ADDRESS_MAP, str(address_map))
-
-    code = main(["10.0.1.5:11211", "10.0.9.9:11211"])
-
-    out = capsys.readouterr().out
-    assert code == 1
-    assert f"10.0.1.5:11211 (via {endpoint}): HEALTHY" in out
-    assert "10.0.9.9:11211: UNREACHABLE (unmapped)" in out
 
 
 def test_subcommand_wiring_for_the_main_cli(

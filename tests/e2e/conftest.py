@@ -28,6 +28,8 @@ from edx_remote_cache.sandbox import Sandbox
 from edx_remote_cache.sandbox.cache_hosts import OWNER_ENV
 from edx_remote_cache.sandbox.harness import OperatorProcess
 
+from .support import root_netns_cookie
+
 ROOT = Path(__file__).resolve().parents[2]
 GUARD_DIR = Path(__file__).resolve().parent / "netguard"
 GUARD_LOG_ENV = "EDX_REMOTE_CACHE_NET_GUARD_LOG"
@@ -96,6 +98,7 @@ class Operators:
             **self.sb.env(),
             "PYTHONPATH": os.pathsep.join(p for p in (str(GUARD_DIR), os.environ.get("PYTHONPATH")) if p),
             GUARD_LOG_ENV: str(guard_log),
+            "EDX_REMOTE_CACHE_NET_GUARD_ROOT_COOKIE": str(root_netns_cookie()),
         }
         process = OperatorProcess(
             env,

@@ -20,10 +20,11 @@ import yaml
 from pymemcache.client.base import Client as Memcache
 
 from edx_remote_cache import OWNER_UID_TAG
-from edx_remote_cache.adapters.resolver import MapFileResolver
+from edx_remote_cache.adapters.probe import parse_endpoint
 from edx_remote_cache.domain.conditions import CONDITION_TYPES
 from edx_remote_cache.sandbox import Sandbox
 from edx_remote_cache.sandbox.harness import cache_manifest, condition, is_ready, wait_for
+from edx_remote_cache.sandbox.netns import SocketModule
 
 ROOT = Path(__file__).resolve().parents[2]
 STATUS_FIXTURES = ROOT / "tests" / "fixtures" / "status"
@@ -152,11 +153,29 @@ def reset_hosts(sb: Sandbox) -> None:
 # ------------------------------------------------------------------------------------------------ memcached
 
 
-def memcache(sb: Sandbox, endpoint: str, timeout: float = 2.0) -> Memcache:
-    """A client for ``endpoint`` through the sandbox's address map (never dials the 10.x address)."""
-    address = MapFileResolver(sb.address_map_path).resolve(endpoint)
-    assert address[0] == "127.0.0.1", address
-    return Memcache(address, connect_timeout=timeout, timeout=timeout)
+def root_netns_cookie() -> int:
+    """SO_NETNS_COOKIE of this machine's own network namespace (the e2e loopback guard compares with it)."""
+    import socket
+    import struct
+
+    with socket.socket() as sock:
+        return int(struct.unpack("Q", sock.getsockopt(socket.SOL_SOCKET, 71, 8))[0])
+
+
+def memcache(sb: Sandbox, endpoint: str, timeout: float = 2.0, *, vantage: str | None = None) -> Memcache:
+    """A client for ``endpoint`` (the private ``ip:port`` EC2 reports) dialing from inside the sandbox VPC:
+    from ``vantage`` (an instance id or ``operator``: through the security groups), or by default from the
+    cache host itself (an admin on the box: its own filter admits it). Never from this machine's namespace."""
+    host, port = parse_endpoint(endpoint)
+    if vantage is None:
+        owners = [
+            iid for iid, c in sb.cache_hosts.items() if c.host.private_ip == host and c.instance_running
+        ]
+        assert owners, f"{endpoint} is no cache host of the sandbox"
+        vantage = owners[-1]
+    assert sb.network is not None
+    module = SocketModule(sb.network.namespace(vantage))
+    return Memcache((host, port), connect_timeout=timeout, timeout=timeout, socket_module=module)
 
 
 def memcached_stats(sb: Sandbox, endpoint: str) -> dict[bytes | str, Any]:

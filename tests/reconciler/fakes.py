@@ -294,7 +294,6 @@ def world() -> World:
         ssm=lambda region: ssm,  # type: ignore[arg-type,return-value]
         host_drift=lambda region, ttl: drift,  # type: ignore[arg-type,return-value]
         status=status,
-        resolver=None,  # type: ignore[arg-type]
         events=record_event,
         metrics=Metrics(CollectorRegistry()),
         clock=clock,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,10 +14,10 @@ from pathlib import Path
 import pytest
 from pymemcache.client.base import Client as Memcache
 
-from edx_remote_cache.adapters.resolver import ENV_ADDRESS_MAP, MapFileResolver, UnmappedAddress
 from edx_remote_cache.domain.userdata import MemcachedSettings, render_user_data
 from edx_remote_cache.sandbox import Sandbox, read_env_file
 from edx_remote_cache.sandbox.aws import UBUNTU_AMI_ID
+from edx_remote_cache.sandbox.netns import SocketModule, netns_path
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +27,10 @@ ENV_KEYS = {
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_DEFAULT_REGION",
-    "EDX_REMOTE_CACHE_ADDRESS_MAP",
+    "EDX_REMOTE_CACHE_PROBE_SOURCE",
+    "SANDBOX_VPC_CIDR",
+    "SANDBOX_OPERATOR_IP",
+    "SANDBOX_NETNS_PREFIX",
     "SANDBOX_SUBNET_ID",
     "SANDBOX_EDX_HOSTS",
     "SANDBOX_EDX_SECURITY_GROUP",
@@ -73,8 +74,14 @@ def run_ssm(sb: Sandbox, instance_id: str, commands: list[str], timeout: float =
     raise AssertionError(f"command on {instance_id} did not finish in {timeout} s")
 
 
-def memcache(address: tuple[str, int], timeout: float = 2.0) -> Memcache:
-    return Memcache(address, connect_timeout=timeout, timeout=timeout)
+def memcache(sb: Sandbox, instance_id: str, timeout: float = 2.0, *, vantage: str | None = None) -> Memcache:
+    """A client of the cache host's memcached at its private IP, dialing from inside the sandbox VPC: from the
+    host itself by default (its own filter admits it), or from ``vantage`` (an instance id or ``operator``)."""
+    cache = sb.cache_host(instance_id)
+    assert sb.network is not None
+    module = SocketModule(sb.network.namespace(vantage or instance_id))
+    address = (cache.host.private_ip, cache.conf_port)
+    return Memcache(address, connect_timeout=timeout, timeout=timeout, socket_module=module)
 
 
 def listening_ports() -> set[int]:
@@ -120,7 +127,10 @@ def test_start_and_stop_are_fast_and_leave_nothing_behind() -> None:
         started = time.monotonic() - began
         instance_id = launch(sb, render_user_data(MemcachedSettings()))
         cache = sb.cache_host(instance_id)
-        pids, ports = {cache.pid}, {cache.port, int(sb.aws_endpoint_url.rsplit(":", 1)[1])}
+        pids, ports = {cache.pid}, {int(sb.aws_endpoint_url.rsplit(":", 1)[1])}
+        assert sb.network is not None
+        namespaces = sb.network.namespaces()
+        assert all(netns_path(name).exists() for name in namespaces)
         ports.add(int(sb.kube.url.rsplit(":", 1)[1].split("/")[0]))
         run_ssm(sb, sb.edx_hosts[0], ["setsid sleep 61.25 & echo started"])  # a script leaves a daemon behind
         workdir = sb.workdir
@@ -128,8 +138,9 @@ def test_start_and_stop_are_fast_and_leave_nothing_behind() -> None:
         sb.stop()
         timings.append((started, time.monotonic() - stopping))
         assert not any(pid and alive(pid) for pid in pids)
-        assert not pids & pgrep("memcached .*-l 127.0.0.1")
+        assert not pids & pgrep("memcached")
         assert not ports & listening_ports()
+        assert not any(netns_path(name).exists() for name in namespaces)
         assert not workdir.exists()
         assert not edx_mounts()
         assert not pgrep("^sleep 61.25$")
@@ -151,7 +162,9 @@ def test_env_file_has_every_key(tmp_path: Path) -> None:
         assert set(env) >= ENV_KEYS, ENV_KEYS - set(env)
         assert env == sb.env()
         assert env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
-        assert env[ENV_ADDRESS_MAP] == str(sb.address_map_path)
+        assert "EDX_REMOTE_CACHE_ADDRESS_MAP" not in env
+        assert env["SANDBOX_VPC_CIDR"] == "10.0.0.0/16"
+        assert env["EDX_REMOTE_CACHE_PROBE_SOURCE"] == f"{env['SANDBOX_OPERATOR_IP']}/32"
         assert env["SANDBOX_EDX_HOSTS"].split(",") == sb.edx_hosts
         assert dict(item.split("=", 1) for item in env["SANDBOX_ROOTS"].split(",")) == {
             k: str(v) for k, v in sb.roots.items()
@@ -200,7 +213,7 @@ def test_edx_hosts_look_like_a_native_install(sandbox: Sandbox) -> None:
 
 
 @pytest.mark.timeout(30)
-def test_user_data_starts_a_real_memcached_reachable_through_the_address_map(sandbox: Sandbox) -> None:
+def test_user_data_starts_a_real_memcached_on_the_instances_private_ip(sandbox: Sandbox) -> None:
     settings = MemcachedSettings(port=11311, memory_mib=96, max_connections=512, extra_args=(("-t", "2"),))
     instance_id = launch(sandbox, render_user_data(settings))
     cache = sandbox.cache_host(instance_id)
@@ -208,11 +221,8 @@ def test_user_data_starts_a_real_memcached_reachable_through_the_address_map(san
     private_ip = sandbox.client("ec2").describe_instances(InstanceIds=[instance_id])["Reservations"][0][
         "Instances"
     ][0]["PrivateIpAddress"]
-    mapping = json.loads(sandbox.address_map_path.read_text())
-    assert mapping == {f"{private_ip}:11311": f"127.0.0.1:{cache.port}"}
-    host, port = MapFileResolver(sandbox.address_map_path).resolve(f"{private_ip}:11311")
-    assert host == "127.0.0.1"
-    client = memcache((host, port))
+    assert cache.endpoint == f"{private_ip}:11311"
+    client = memcache(sandbox, instance_id)
     client.set("greeting", b"hello")
     assert client.get("greeting") == b"hello"
     stats = client.stats("settings")
@@ -223,12 +233,14 @@ def test_user_data_starts_a_real_memcached_reachable_through_the_address_map(san
     client.close()
     cmdline = Path(f"/proc/{cache.pid}/cmdline").read_bytes().split(b"\0")
     assert b"-P" not in cmdline and b"10.0.1.0" not in cmdline
+    assert cmdline[cmdline.index(b"-l") + 1] == private_ip.encode()  # from the conf, as user-data renders it
+    assert b"127.0.0.1" not in cmdline and b"0.0.0.0" not in cmdline
     if os.geteuid() == 0:
         assert cmdline[cmdline.index(b"-u") + 1] in (b"memcache", b"root")
 
 
 @pytest.mark.timeout(30)
-def test_broken_memcached_conf_fails_the_host_and_maps_nothing(sandbox: Sandbox) -> None:
+def test_broken_memcached_conf_fails_the_host_and_nothing_listens(sandbox: Sandbox) -> None:
     good = render_user_data(MemcachedSettings())
     broken = good.replace(
         "-c 1024\n", "-c 1024\n-o no_such_option\n"
@@ -239,9 +251,8 @@ def test_broken_memcached_conf_fails_the_host_and_maps_nothing(sandbox: Sandbox)
     assert cache.state == "failed"
     assert cache.failure and "no_such_option" in cache.failure
     assert cache.pid is None
-    assert json.loads(sandbox.address_map_path.read_text()) == {}
-    with pytest.raises(UnmappedAddress):
-        MapFileResolver(sandbox.address_map_path).resolve(cache.endpoint)
+    with pytest.raises(ConnectionRefusedError):
+        memcache(sandbox, instance_id).version()
 
 
 @pytest.mark.timeout(30)
@@ -249,22 +260,24 @@ def test_stop_start_and_terminate_follow_the_instance(sandbox: Sandbox) -> None:
     ec2 = sandbox.client("ec2")
     instance_id = launch(sandbox, render_user_data(MemcachedSettings()))
     cache = sandbox.cache_host(instance_id)
-    first_pid, first_port = cache.pid, cache.port
-    assert first_pid is not None
+    first_pid = cache.pid
+    assert first_pid is not None and sandbox.network is not None
+    namespace = netns_path(sandbox.network.namespace(instance_id))
     ec2.stop_instances(InstanceIds=[instance_id])
     assert not alive(first_pid)
-    assert json.loads(sandbox.address_map_path.read_text()) == {}
+    assert namespace.exists()  # a stopped instance keeps its ENI and private IP
+    with pytest.raises(ConnectionRefusedError):
+        memcache(sandbox, instance_id).version()
     ec2.start_instances(InstanceIds=[instance_id])
     assert cache.pid is not None and cache.pid != first_pid
-    assert cache.port == first_port  # the same "IP:port" stays at the same loopback address across restarts
-    assert json.loads(sandbox.address_map_path.read_text()) == {cache.endpoint: f"127.0.0.1:{first_port}"}
+    assert memcache(sandbox, instance_id).version()  # the same private IP:port again
     second_pid = cache.pid
     ec2.reboot_instances(InstanceIds=[instance_id])
-    assert not alive(second_pid) and cache.pid is not None and cache.port == first_port
+    assert not alive(second_pid) and cache.pid is not None
     second_pid = cache.pid
     ec2.terminate_instances(InstanceIds=[instance_id])
     assert not alive(second_pid)
-    assert json.loads(sandbox.address_map_path.read_text()) == {}
+    assert not namespace.exists()  # terminated: its namespace is gone
 
 
 @pytest.mark.timeout(30)
@@ -272,7 +285,7 @@ def test_instances_without_memcached_user_data_are_not_cache_hosts(sandbox: Sand
     instance_id = launch(sandbox, "#!/bin/bash\necho hello\n")
     time.sleep(0.05)
     assert instance_id not in sandbox.cache_hosts
-    assert json.loads(sandbox.address_map_path.read_text()) == {}
+    assert sandbox.network is not None and sandbox.network.has(instance_id)  # still an instance in the VPC
 
 
 # -- faults ---------------------------------------------------------------------------------------------------------
@@ -282,20 +295,19 @@ def test_instances_without_memcached_user_data_are_not_cache_hosts(sandbox: Sand
 def test_fault_kill_memcached_refuses_connections_until_restarted(sandbox: Sandbox) -> None:
     instance_id = launch(sandbox, render_user_data(MemcachedSettings()))
     cache = sandbox.cache_host(instance_id)
-    address, pid = cache.address, cache.pid
-    assert address is not None and pid is not None
+    pid = cache.pid
+    assert pid is not None
     sandbox.faults.kill_memcached(instance_id)
     assert not alive(pid)
     with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(address, timeout=1).close()
+        memcache(sandbox, instance_id).version()
     status = run_ssm(sandbox, instance_id, ["systemctl is-active memcached"])
     assert (status["StandardOutputContent"], status["ResponseCode"]) == ("failed\n", 3)
     restarted = run_ssm(
         sandbox, instance_id, ["systemctl restart memcached", "systemctl is-active memcached"]
     )
     assert restarted["Status"] == "Success", restarted
-    assert cache.address == address  # same loopback port as before the kill
-    client = memcache(address)
+    client = memcache(sandbox, instance_id)
     assert client.version()
     client.close()
 
@@ -303,15 +315,13 @@ def test_fault_kill_memcached_refuses_connections_until_restarted(sandbox: Sandb
 @pytest.mark.timeout(30)
 def test_fault_hang_memcached_times_out_until_resumed(sandbox: Sandbox) -> None:
     instance_id = launch(sandbox, render_user_data(MemcachedSettings()))
-    address = sandbox.cache_host(instance_id).address
-    assert address is not None
     sandbox.faults.hang_memcached(instance_id)
-    client = memcache(address, timeout=0.3)
+    client = memcache(sandbox, instance_id, timeout=0.3)
     with pytest.raises(TimeoutError):
         client.version()
     client.close()
     sandbox.faults.resume_memcached(instance_id)
-    client = memcache(address)
+    client = memcache(sandbox, instance_id)
     assert client.version()
     client.close()
 
@@ -429,7 +439,11 @@ def test_cli_writes_the_env_file_and_tears_down_on_sigterm(tmp_path: Path) -> No
         )
         env = read_env_file(env_file)
         port = int(env["AWS_ENDPOINT_URL"].rsplit(":", 1)[1])
-        workdir = Path(env[ENV_ADDRESS_MAP]).parent
+        workdir = Path(env["SANDBOX_ROOTS"].split(",")[0].split("=", 1)[1]).parents[
+            2
+        ]  # <workdir>/hosts/<id>/root
+        namespaces = list(Path("/run/netns").glob(env["SANDBOX_NETNS_PREFIX"] + "-*"))
+        assert len(namespaces) == 4  # the VPC's router, the operator and the two Open edX hosts
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=20)
     finally:
@@ -438,5 +452,6 @@ def test_cli_writes_the_env_file_and_tears_down_on_sigterm(tmp_path: Path) -> No
             process.wait()
     assert process.returncode == 0, output
     assert f"source {env_file}" in output and "edx-remote-cache run --all-namespaces" in output
+    assert not any(p.exists() for p in namespaces)
     assert port not in listening_ports()
     assert not workdir.exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -123,7 +122,7 @@ def test_invocation_does_not_exist_right_after_send_command(sandbox: Sandbox) ->
 
 
 @pytest.mark.timeout(30)
-def test_scripts_have_no_network_at_all(sandbox: Sandbox) -> None:
+def test_scripts_have_only_the_hosts_own_vpc_network(sandbox: Sandbox) -> None:
     edx = sandbox.edx_hosts[0]
     port = sandbox.aws_endpoint_url.rsplit(":", 1)[1]
     fake = run(sandbox, edx, ["curl -sS http://example.com"])
@@ -134,7 +133,11 @@ def test_scripts_have_no_network_at_all(sandbox: Sandbox) -> None:
     bash = run(sandbox, edx, [f"exec 3<>/dev/tcp/127.0.0.1/{port}"])
     assert bash["Status"] == "Failed"
     links = run(sandbox, edx, ["cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '"])
-    assert links["StandardOutputContent"].split() == ["lo"]
+    assert sorted(links["StandardOutputContent"].split()) == ["eth0", "lo"]  # its ENI in the sandbox VPC
+    routes = run(sandbox, edx, ["ip route"])["StandardOutputContent"]
+    assert "default" not in routes and "10.0.1.0/24 dev eth0" in routes
+    stray = run(sandbox, edx, ["exec 3<>/dev/tcp/93.184.216.34/80"])  # anything outside the sandbox
+    assert stray["Status"] == "Failed" and "Network is unreachable" in stray["StandardErrorContent"], stray
 
 
 @pytest.mark.timeout(30)
@@ -343,16 +346,23 @@ def test_cancel_command(sandbox: Sandbox) -> None:
 def test_reconfigure_script_rewrites_memcached_conf_and_restarts_memcached(sandbox: Sandbox) -> None:
     cache_id = launch_cache_host(sandbox)
     cache = sandbox.cache_host(cache_id)
-    port, pid = cache.port, cache.pid
+    pid = cache.pid
     script = render_reconfigure_script(MemcachedSettings(memory_mib=128, extra_args=(("-t", "3"),)))
     result = run(sandbox, cache_id, script.splitlines())
     assert result["Status"] == "Success", result
-    assert cache.pid != pid and cache.port == port
+    assert cache.pid != pid
     conf = cache.conf_path.read_text()
     assert "-m 128" in conf and f"-l {cache.host.private_ip}" in conf and "@PRIVATE_IP@" not in conf
     cmdline = open(f"/proc/{cache.pid}/cmdline", "rb").read().split(b"\0")  # noqa: SIM115
     assert cmdline[cmdline.index(b"-m") + 1] == b"128" and cmdline[cmdline.index(b"-t") + 1] == b"3"
-    assert json.loads(sandbox.address_map_path.read_text()) == {cache.endpoint: f"127.0.0.1:{port}"}
+    assert cmdline[cmdline.index(b"-l") + 1] == cache.host.private_ip.encode()  # the IMDS lookup, resolved
+    # the script ran in the host's network namespace: it reaches its own memcached at its private IP
+    probe = run(
+        sandbox,
+        cache_id,
+        [f"exec 3<>/dev/tcp/{cache.host.private_ip}/11211 && echo version >&3 && head -c 8 <&3"],
+    )
+    assert probe["StandardOutputContent"] == "VERSION ", probe
     assert [c["args"] for c in sandbox.systemctl_calls(cache_id)] == [["restart", "memcached"]]
     # the real /etc/memcached.conf of this machine is untouched
     assert "edx-remote-cache" not in open("/etc/memcached.conf", encoding="utf-8").read()  # noqa: SIM115

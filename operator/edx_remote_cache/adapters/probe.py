@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import threading
@@ -49,18 +50,18 @@ from pymemcache.exceptions import (
     MemcacheUnknownError,
 )
 
-from edx_remote_cache.adapters.resolver import AddressResolver, InvalidEndpoint, UnmappedAddress
-
 __all__ = [
     "CANARY_PREFIX",
     "CANARY_TTL_SECONDS",
     "ERROR_KINDS",
     "CanaryFailed",
     "DeadlineExceeded",
+    "InvalidEndpoint",
     "MemcacheClientLike",
     "ProbeResult",
     "close_pooled_connections",
     "default_client_factory",
+    "parse_endpoint",
     "probe_all",
     "probe_endpoint",
     "probe_many",
@@ -68,7 +69,37 @@ __all__ = [
 
 CANARY_PREFIX = "edx-remote-cache:canary:"
 CANARY_TTL_SECONDS = 30
-ERROR_KINDS = ("refused", "timeout", "protocol", "unmapped", "error")
+ERROR_KINDS = ("refused", "timeout", "protocol", "unreachable", "error")
+DEFAULT_PORT = 11211
+
+
+class InvalidEndpoint(ValueError):
+    """The endpoint is not ``host:port`` (or ``[v6]:port``); nothing was dialed."""
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port``, ``[::1]:port`` or bare ``host`` (memcached's default port) → (host, port): what is dialed,
+    exactly (the private IP EC2 reported; the operator never rewrites an address)."""
+    text = endpoint.strip()
+    if not text:
+        raise InvalidEndpoint("empty endpoint")
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise InvalidEndpoint(f"{endpoint!r}: expected [ipv6]:port")
+        has_port, port_text = bool(rest), rest[1:]
+    elif text.count(":") > 1:  # bare IPv6 without brackets: no port
+        host, has_port, port_text = text, False, ""
+    else:
+        host, colon, port_text = text.partition(":")
+        has_port = bool(colon)
+    if not host:
+        raise InvalidEndpoint(f"{endpoint!r}: missing host")
+    if not has_port:
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidEndpoint(f"{endpoint!r}: port must be 1-65535")
+    return host, int(port_text)
 
 
 class MemcacheClientLike(Protocol):
@@ -163,8 +194,8 @@ class DeadlineExceeded(TimeoutError):
 
 
 def _classify(exc: BaseException) -> str:
-    if isinstance(exc, UnmappedAddress):
-        return "unmapped"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+        return "unreachable"  # no route to it from here: a network path, not the host, is missing
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
     if isinstance(exc, TimeoutError):  # socket.timeout is an alias since 3.10
@@ -252,7 +283,6 @@ def _result(
 def probe_endpoint(
     endpoint: str,
     *,
-    resolver: AddressResolver,
     timeout: float,
     client_factory: ClientFactory | None = None,
 ) -> ProbeResult:
@@ -266,8 +296,8 @@ def probe_endpoint(
         raise ValueError("timeout must be > 0")
     if client_factory is None:
         # the event-loop probe on a loop of its own: one implementation of the pooled probe, not two
-        return asyncio.run(_probe_pooled_async(endpoint, resolver, timeout))
-    return _probe_with_client(endpoint, resolver, timeout, client_factory)
+        return asyncio.run(_probe_pooled_async(endpoint, timeout))
+    return _probe_with_client(endpoint, timeout, client_factory)
 
 
 # ------------------------------------------------------------------ the default path: pooled and pipelined
@@ -601,14 +631,14 @@ async def _exchange_async(
         pass
 
 
-async def _probe_pooled_async(endpoint: str, resolver: AddressResolver, timeout: float) -> ProbeResult:
+async def _probe_pooled_async(endpoint: str, timeout: float) -> ProbeResult:
     """The pooled, pipelined probe on the running event loop (see the module docstring)."""
     started = time.monotonic()
     address: tuple[str, int] | None = None
     conn: _Connection | None = None
     attempt: _Attempt | None = None
     try:
-        address = resolver.resolve(endpoint)
+        address = parse_endpoint(endpoint)
         key, value, request = _canary_request()
         generation = _POOL.generation
         conn = _POOL.checkout(address, started)
@@ -641,9 +671,7 @@ async def _probe_pooled_async(endpoint: str, resolver: AddressResolver, timeout:
 # ------------------------------------------------------------------ the plain path: an injected client
 
 
-def _probe_with_client(
-    endpoint: str, resolver: AddressResolver, timeout: float, client_factory: ClientFactory
-) -> ProbeResult:
+def _probe_with_client(endpoint: str, timeout: float, client_factory: ClientFactory) -> ProbeResult:
     started = time.monotonic()
     deadline = started + timeout
     fields: dict[str, Any] = {}
@@ -673,7 +701,7 @@ def _probe_with_client(
         )
 
     try:
-        address = resolver.resolve(endpoint)
+        address = parse_endpoint(endpoint)
         client = client_factory(address, timeout)
         t0 = time.monotonic()
         version = client.version()  # connects on first use
@@ -707,7 +735,6 @@ def _probe_with_client(
 async def probe_all(
     endpoints: Iterable[str],
     *,
-    resolver: AddressResolver,
     timeout: float,
     max_concurrency: int = 64,
     client_factory: ClientFactory | None = None,
@@ -717,7 +744,7 @@ async def probe_all(
     The default probe runs on the event loop itself (non-blocking sockets from the shared connection pool,
     ``asyncio.timeout`` as the deadline): no thread hand-off per probe, which at ~100 probes/s cost more CPU
     than the probe. A hung host holds one socket for one timeout and nothing else; the loop never blocks
-    (only the resolver runs on it: an address parse, or a stat of the sandbox's address map).
+    (only the address parse runs on it).
     With a ``client_factory`` (blocking clients) probes run on one process-wide thread pool (created once: at
     500 resources a pool per round cost ~8% of the operator's CPU).
     On cancellation queued probes are dropped; running ones stop at once (default) or within their timeout.
@@ -731,14 +758,14 @@ async def probe_all(
         raise ValueError("timeout must be > 0")
     if client_factory is None:
         if len(targets) == 1:  # the operator's daemons probe one endpoint at a time: keep that path short
-            return [await _probe_pooled_async(targets[0], resolver, timeout)]
+            return [await _probe_pooled_async(targets[0], timeout)]
         if max_concurrency >= len(targets):
-            return list(await asyncio.gather(*(_probe_pooled_async(ep, resolver, timeout) for ep in targets)))
+            return list(await asyncio.gather(*(_probe_pooled_async(ep, timeout) for ep in targets)))
         gate = asyncio.Semaphore(max_concurrency)
 
         async def gated(endpoint: str) -> ProbeResult:
             async with gate:
-                return await _probe_pooled_async(endpoint, resolver, timeout)
+                return await _probe_pooled_async(endpoint, timeout)
 
         return list(await asyncio.gather(*(gated(ep) for ep in targets)))
 
@@ -749,9 +776,7 @@ async def probe_all(
 
     async def one(endpoint: str) -> ProbeResult:
         async with threads:
-            probe = partial(
-                probe_endpoint, endpoint, resolver=resolver, timeout=timeout, client_factory=factory
-            )
+            probe = partial(probe_endpoint, endpoint, timeout=timeout, client_factory=factory)
             return await loop.run_in_executor(pool, probe)
 
     return list(await asyncio.gather(*(one(ep) for ep in targets)))
@@ -775,7 +800,6 @@ def _shared_pool() -> ThreadPoolExecutor:
 def probe_many(
     endpoints: Iterable[str],
     *,
-    resolver: AddressResolver,
     timeout: float,
     max_concurrency: int = 64,
     client_factory: ClientFactory | None = None,
@@ -784,7 +808,6 @@ def probe_many(
     return asyncio.run(
         probe_all(
             endpoints,
-            resolver=resolver,
             timeout=timeout,
             max_concurrency=max_concurrency,
             client_factory=client_factory,

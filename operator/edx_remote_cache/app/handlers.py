@@ -61,7 +61,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     if _settings.peering_lifetime:
         settings.peering.lifetime = max(2, int(_settings.peering_lifetime))
-    memo.reconciler = build_reconciler()
+    memo.reconciler = build_reconciler(_settings)
     if _settings.metrics_port:
         serve(
             _settings.metrics_port,

@@ -14,3 +14,4 @@ class Settings:
     metrics_port: int | None = None  # serve Prometheus /metrics on this port (None: not served)
     metrics_addr: str = "0.0.0.0"
     peering_lifetime: int | None = None  # seconds a peering record stays valid without a keep-alive
+    probe_sources: tuple[str, ...] = ()  # the operator's own source: an ingress rule on every cache group

@@ -23,8 +23,8 @@ from edx_remote_cache.adapters.aws import (
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.kube_status import KubernetesStatusWriter
 from edx_remote_cache.adapters.metrics import Metrics
-from edx_remote_cache.adapters.resolver import resolver_from_env
 from edx_remote_cache.adapters.ssm import SsmAdapter
+from edx_remote_cache.app.settings import Settings
 from edx_remote_cache.reconciler.reconciler import Adapters, Reconciler
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) ->
         log.debug("could not post event %s", reason, exc_info=True)
 
 
-def build_reconciler() -> Reconciler:
+def build_reconciler(settings: Settings) -> Reconciler:
     metrics = Metrics()
     regional = Regional(metrics)
     return Reconciler(
@@ -108,7 +108,7 @@ def build_reconciler() -> Reconciler:
             ssm=regional.ssm,
             host_drift=regional.host_drift,
             status=KubernetesStatusWriter(),
-            resolver=resolver_from_env(),
+            probe_sources=settings.probe_sources,
             events=post_event,
             metrics=metrics,
         )

@@ -1,8 +1,8 @@
 """edx-remote-cache probe HOST:PORT ...: a memcstat-like look at cache endpoints with a plain verdict.
 
 Exit status 0 only when every endpoint is HEALTHY, so it works in scripts and readiness checks.
-Addresses go through the resolver of $EDX_REMOTE_CACHE_ADDRESS_MAP, so inside the sandbox EC2 endpoints map
-to loopback.
+Addresses are dialed as given; in the sandbox, run it where the cache is reachable:
+`edx-remote-cache sandbox exec --env-file FILE operator -- edx-remote-cache probe IP:PORT`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import sys
 from typing import Any, TextIO
 
 from edx_remote_cache.adapters.probe import ProbeResult, probe_many
-from edx_remote_cache.adapters.resolver import ENV_ADDRESS_MAP, resolver_from_env
 from edx_remote_cache.cli.help import add_subcommand
 
 __all__ = ["DEFAULT_TIMEOUT", "add_parser", "format_result", "main", "run", "verdict"]
@@ -48,16 +47,14 @@ def add_parser(subparsers: Any) -> None:
         "probe",
         summary="check memcached endpoints (version, stats, canary set/get/delete)",
         description=__doc__ or "",
-        env={
-            ENV_ADDRESS_MAP: "endpoint address map (the sandbox sets it; unset: dial the endpoints as given)"
-        },
+        env={},
         exit_codes={0: "every endpoint is HEALTHY", 1: "at least one is not", 2: "usage error"},
     )
     _configure(parser)
 
 
 def verdict(result: ProbeResult) -> str:
-    """HEALTHY, UNREACHABLE (refused|timeout|unmapped|protocol|error) or DEGRADED (canary ...)."""
+    """HEALTHY, UNREACHABLE (refused|timeout|unreachable|protocol|error) or DEGRADED (canary ...)."""
     if result.healthy:
         return "HEALTHY"
     if not result.reachable:
@@ -138,7 +135,7 @@ def format_result(result: ProbeResult) -> str:
 def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Probe ``args.endpoints``; print text or JSON; 0 if all HEALTHY else 1."""
     stream = out if out is not None else sys.stdout
-    results = probe_many(args.endpoints, resolver=resolver_from_env(), timeout=args.timeout)
+    results = probe_many(args.endpoints, timeout=args.timeout)
     if args.json:
         payload = [{**r.to_dict(), "verdict": verdict(r)} for r in results]
         stream.write(json.dumps(payload, indent=2) + "\n")

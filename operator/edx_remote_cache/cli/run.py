@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any
 
-from edx_remote_cache.adapters.resolver import ENV_ADDRESS_MAP
+from edx_remote_cache import PROBE_SOURCE_ENV
 from edx_remote_cache.cli.help import AWS_ENV, add_subcommand
 from edx_remote_cache.domain.crd import CRD_ENV
 
@@ -24,7 +24,7 @@ def add_parser(subparsers: Any) -> None:
             "KUBECONFIG": "kubeconfig to use outside a cluster (in-cluster config otherwise)",
             "EDX_REMOTE_CACHE_PEERING": "peering name when --peering is not given",
             CRD_ENV: "path of the CRD whose schema the operator validates with",
-            ENV_ADDRESS_MAP: "endpoint address map (the sandbox's; unset in production)",
+            PROBE_SOURCE_ENV: "the operator's probe source when --probe-source is not given (sg ids / CIDRs)",
             "AWS_*": AWS_ENV + " (boto3's usual chain)",
         },
         exit_codes={0: "stopped cleanly", 1: "the operator failed (see the log)", 2: "usage error"},
@@ -61,6 +61,14 @@ def add_parser(subparsers: Any) -> None:
         default="text",
         help="text lines, or one JSON object per line (kopf's JSON formatter) for log collectors",
     )
+    parser.add_argument(
+        "--probe-source",
+        action="append",
+        default=None,
+        help="where the operator's probes come from, as security-group ids (sg-...) and/or CIDRs (repeatable or"
+        f" comma-separated; default ${PROBE_SOURCE_ENV}): added to every cache security group as the operator's"
+        " own rule, so its probes pass the group like a client's (docs/install.md, 'Network path')",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     parser.add_argument(
         "--log-aws-wire-content-including-secrets",
@@ -75,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
     from edx_remote_cache.app import handlers
     from edx_remote_cache.app.settings import Settings
+    from edx_remote_cache.domain.cloud.desired import parse_probe_sources
 
     if args.log_format == "json":  # kopf's formatter: one object per line, with the object's reference
         kopf.configure(verbose=args.verbose, debug=args.verbose, log_format=kopf.LogFormat.JSON)
@@ -91,11 +100,25 @@ def run(args: argparse.Namespace) -> int:
     else:
         for name in ("botocore", "boto3", "urllib3", "s3transfer"):
             logging.getLogger(name).setLevel(logging.INFO)
+    raw_sources = (
+        args.probe_source if args.probe_source is not None else [os.environ.get(PROBE_SOURCE_ENV, "")]
+    )
+    try:
+        probe_sources = parse_probe_sources(" ".join(raw_sources))
+    except ValueError as exc:
+        raise SystemExit(f"edx-remote-cache run: {exc}") from exc
+    if not probe_sources:
+        logging.getLogger(__name__).warning(
+            "no --probe-source / %s: the operator adds no rule for its own probes, so they reach a cache host "
+            "only if its security group already allows the operator's address (docs/install.md, 'Network path')",
+            PROBE_SOURCE_ENV,
+        )
     handlers.configure(
         Settings(
             metrics_port=args.metrics_port,
             metrics_addr=args.metrics_addr,
             peering_lifetime=args.peering_lifetime,
+            probe_sources=probe_sources,
         )
     )
     peering = args.peering or os.environ.get("EDX_REMOTE_CACHE_PEERING")

@@ -98,6 +98,7 @@ class CloudPass:
                 vpc_id=vpc_id,
                 edx_security_groups=edx_security_groups(edx),
                 replacements=replacements,
+                probe_sources=adapters.probe_sources,
             )
             observed = await asyncio.to_thread(
                 observer.observe, owner, adopt_instance_ids=tuple(spec.instance.adopt_instance_ids)

@@ -29,9 +29,7 @@ class Prober:
         if not targets:
             state.last_probe = []
             return []
-        results = await self.adapters.probe_all(
-            targets, resolver=self.adapters.resolver, timeout=spec.probe.timeout_seconds
-        )
+        results = await self.adapters.probe_all(targets, timeout=spec.probe.timeout_seconds)
         state.last_probe = results
         state.consecutive_failures = (
             state.consecutive_failures + 1 if any(not r.healthy for r in results) else 0

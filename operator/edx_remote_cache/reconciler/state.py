@@ -21,7 +21,6 @@ from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
 from edx_remote_cache.adapters.ports import EventSink, StatusWriter
 from edx_remote_cache.adapters.probe import ProbeResult
-from edx_remote_cache.adapters.resolver import AddressResolver
 from edx_remote_cache.adapters.ssm import SsmAdapter
 from edx_remote_cache.domain.cloud.actions import ActResult, Plan
 from edx_remote_cache.domain.cloud.desired import DesiredCacheHost
@@ -51,10 +50,12 @@ class Adapters:
     ssm: Callable[[str], SsmAdapter]
     host_drift: Callable[[str, float], HostDriftChecker]
     status: StatusWriter
-    resolver: AddressResolver
     events: EventSink
     metrics: Metrics
     clock: Callable[[], float] = time.time
+    probe_sources: tuple[
+        str, ...
+    ] = ()  # the operator's own source (sg ids / CIDRs), allowed on every cache group
     # the steps' calls into the world, replaceable as a whole in tests/reconciler (no sandbox needed there)
     act: Callable[..., ActResult] = aws.act
     push_hosts: Callable[..., list[HostPushResult]] = host_push.push_hosts

@@ -1,14 +1,17 @@
-"""The sandbox cloud: AWS (EC2 + SSM), memcached cache hosts, Open edX hosts and a Kubernetes API, all on loopback.
+"""The sandbox cloud: AWS (EC2 + SSM), memcached cache hosts, Open edX hosts and a Kubernetes API, with a real
+private network (the sandbox VPC, sandbox/network.py).
 
     with Sandbox() as sb:
         ec2 = sb.client("ec2")                   # or: os.environ.update(sb.env())
-        ...                                      # run the operator against sb.env()
+        ...                                      # run the operator in sb.network's operator namespace
         sb.faults.kill_memcached(instance_id)
 
-Nothing here ever dials anything but 127.0.0.1: EC2 instances get private 10.x addresses that only exist as keys
-of the address map (``EDX_REMOTE_CACHE_ADDRESS_MAP``), and SSM scripts run without any network. Each sandbox has
-its own AWS account in moto, so several can run in one process. Heavy imports (moto) happen in :meth:`start`, so
-importing this package stays cheap.
+Every EC2 instance gets a network namespace carrying the private IP that EC2 reports, its security groups
+enforced as nftables rules; cache hosts run memcached there, and SSM scripts run there. The operator runs in a
+namespace of its own outside the VPC. The emulators listen on 127.0.0.1 of this machine and, through socket
+bridges, at the same address inside the operator's namespace. No namespace has a default route, so nothing can
+leave the machine. Each sandbox has its own AWS account in moto, so several can run in one process. Heavy
+imports (moto) happen in :meth:`start`, so importing this package stays cheap.
 """
 
 from __future__ import annotations
@@ -29,11 +32,28 @@ if TYPE_CHECKING:
     from edx_remote_cache.sandbox.cache_hosts import CacheHost, CacheHostManager, ControlServer, Systemctl
     from edx_remote_cache.sandbox.edx_hosts import SupervisorctlCall
     from edx_remote_cache.sandbox.faults import Faults
+    from edx_remote_cache.sandbox.network import SandboxNetwork
     from edx_remote_cache.sandbox.ssm_agent import HostRegistry, NamespaceRunner, SsmService
 
 __all__ = ["Sandbox", "read_env_file"]
 
 _CHECKED_RUNNER = False
+INSTANCE_CHANGES = (
+    "RunInstances",
+    "StartInstances",
+    "StopInstances",
+    "TerminateInstances",
+    "RebootInstances",
+)
+GROUP_CHANGES = ("RunInstances", "ModifyInstanceAttribute", "ModifyNetworkInterfaceAttribute")
+FILTER_CHANGES = (
+    "AuthorizeSecurityGroupIngress",
+    "RevokeSecurityGroupIngress",
+    "ModifyInstanceAttribute",
+    "ModifyNetworkInterfaceAttribute",
+    "ModifySecurityGroupRules",
+    "DeleteSecurityGroup",
+)
 EDX_HOST_COUNT = 2
 VPC_CIDR = "10.0.0.0/16"
 SUBNET_CIDR = "10.0.1.0/24"
@@ -58,7 +78,7 @@ class Sandbox:
         self._ssm_timeout_scale = ssm_timeout_scale
         self.workdir: Path = Path()
         self.runtime_dir: Path = Path()
-        self.address_map_path: Path = Path()
+        self.network: SandboxNetwork | None = None
         self.kubeconfig_path: Path | None = None
         self.kube: Any = None
         self.aws: AwsServer | None = None
@@ -129,13 +149,15 @@ class Sandbox:
         self.runtime_dir.chmod(0o1777)
         hosts_dir = self.workdir / "hosts"
         hosts_dir.mkdir(exist_ok=True)
-        self.address_map_path = self.workdir / "address-map.json"
-        self.address_map_path.write_text("{}\n", encoding="utf-8")
 
         if shutil.which("memcached") is None:
             raise SandboxSetupError("the sandbox runs real memcached processes: apt-get install memcached")
         self._runner = NamespaceRunner()
         self._runner.prepare()
+        from edx_remote_cache.sandbox.network import SandboxNetwork
+
+        self.network = SandboxNetwork(VPC_CIDR)
+        self.network.start()
 
         aws = self.aws = AwsServer(self.region)
         self.registry = HostRegistry(self._instance_state, self._instance_tags)
@@ -145,7 +167,6 @@ class Sandbox:
             self.registry,
             hosts_dir,
             self.runtime_dir,
-            self.address_map_path,
             on_host=self._on_cache_host,
         )
         self.systemctl = Systemctl(self.registry, self.cache_manager)
@@ -161,6 +182,7 @@ class Sandbox:
         aws.add_setup(self.ssm.install)
         aws.add_setup(self._install_lifecycle_hooks)
         aws.start()
+        self.network.expose_to_operator(aws.port)
         self.faults = Faults(self)
 
         self._create_network_and_edx_hosts(hosts_dir, control_socket)
@@ -175,36 +197,41 @@ class Sandbox:
             self.kube.start()
             self.kubeconfig_path = self.workdir / "kubeconfig"
             self.kube.write_kubeconfig(self.kubeconfig_path)
+            self.network.expose_to_operator(int(self.kube.port))
         atexit.register(self.stop)
 
     def _on_cache_host(self, host: Any) -> None:
         from edx_remote_cache.sandbox.cache_hosts import write_host_tools
 
         write_host_tools(host, self.runtime_dir / "control.sock")
+        if self.network is not None:
+            host.netns = self.network.namespace(host.instance_id)
         if self.ssm is not None:
             self.ssm.register(host)
 
     def _install_lifecycle_hooks(self, frontend: Any) -> None:
-        """After EC2 changes an instance's state, bring the cache hosts' memcached in line."""
+        """After EC2 changes an instance or a security group: reshape the VPC's namespaces and filters, then
+        bring the cache hosts' memcached in line (a new instance needs its namespace before memcached starts)."""
+        from edx_remote_cache.sandbox.vpc_view import align_eni_groups, observe
 
         def sync(request: Any, status: int, body: bytes) -> None:
-            caches, ssm = self.cache_manager, self.ssm
-            if caches is None or ssm is None:  # tearing down
+            caches, ssm, network = self.cache_manager, self.ssm, self.network
+            if caches is None or ssm is None or network is None:  # tearing down
                 return None
-            rebooted: tuple[str, ...] = ()
-            if request.operation == "RebootInstances":
-                rebooted = tuple(v for k, v in request.params.items() if k.startswith("InstanceId."))
-            caches.sync(rebooted)
-            ssm.poke()
+            if status < 300 and request.operation in GROUP_CHANGES:
+                align_eni_groups(
+                    self._aws().ec2_backends(), eni_wins=request.operation != "ModifyInstanceAttribute"
+                )
+            network.sync(*observe(self._aws().ec2_backends()))
+            if request.operation in INSTANCE_CHANGES:
+                rebooted: tuple[str, ...] = ()
+                if request.operation == "RebootInstances":
+                    rebooted = tuple(v for k, v in request.params.items() if k.startswith("InstanceId."))
+                caches.sync(rebooted)
+                ssm.poke()
             return None
 
-        for operation in (
-            "RunInstances",
-            "StartInstances",
-            "StopInstances",
-            "TerminateInstances",
-            "RebootInstances",
-        ):
+        for operation in (*INSTANCE_CHANGES, *FILTER_CHANGES):
             frontend.on_after("ec2", operation, sync)
 
     def _create_network_and_edx_hosts(self, hosts_dir: Path, control_socket: Path) -> None:
@@ -254,6 +281,7 @@ class Sandbox:
                 private_ip=instance["PrivateIpAddress"],
                 region=self.region,
                 dir=hosts_dir / instance["InstanceId"],
+                netns=self.network.namespace(instance["InstanceId"]) if self.network else None,
             )
             build_root(host)
             write_host_tools(host, control_socket)
@@ -279,11 +307,14 @@ class Sandbox:
             attempt(self.cache_manager.close)
         if self._control is not None:
             attempt(self._control.stop)
+        if self.network is not None:
+            attempt(self.network.stop)
         if self.aws is not None:
             attempt(self.aws.stop)
         if self.kube is not None:
             attempt(self.kube.stop)
         self.ssm = self.cache_manager = self._control = self.aws = self.kube = None  # type: ignore[assignment]
+        self.network = None
         if self._started:
             if self.runtime_dir != Path():
                 shutil.rmtree(self.runtime_dir, ignore_errors=True)
@@ -338,13 +369,50 @@ class Sandbox:
             return []
         return [json.loads(line) for line in lines]
 
+    def in_namespace(self, target: str) -> list[str]:
+        """The command prefix that runs a program in ``target``'s network namespace (an instance id, or
+        ``operator``), as ``edx-remote-cache sandbox exec`` does."""
+        from edx_remote_cache.sandbox.netns import nsenter_argv
+
+        return nsenter_argv(self._network().namespace(target))
+
+    def lms_check(
+        self, instance_id: str, files: tuple[str, ...] = ("lms.yml", "studio.yml"), *, timeout: float = 60
+    ) -> list[dict[str, Any]]:
+        """Run "the LMS" (sandbox/lms.py) on Open edX host ``instance_id``: set and get through every memcached
+        alias of its current config files, from its namespace; one dict per alias (``ok``, ``error``, ...)."""
+        import json
+        import subprocess
+        import sys
+
+        from edx_remote_cache.sandbox.cache_hosts import OWNER_ENV
+
+        configs = [arg for name in files for arg in ("--config", str(self.roots[instance_id] / "etc" / name))]
+        argv = [
+            *self.in_namespace(instance_id),
+            sys.executable,
+            "-m",
+            "edx_remote_cache.sandbox.lms",
+            "check",
+        ]
+        env = {**os.environ, OWNER_ENV: str(os.getpid())}
+        done = subprocess.run(
+            [*argv, *configs], capture_output=True, text=True, timeout=timeout, env=env, check=False
+        )
+        lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        if not lines:
+            raise RuntimeError(
+                f"the LMS on {instance_id} did not run ({done.returncode}): {done.stderr[-2000:]}"
+            )
+        return lines
+
     def client(self, service: str) -> Any:
         """A boto3 client on the sandbox's AWS (its calls are recorded like the operator's)."""
         return self._aws().client(service)
 
     def env(self) -> dict[str, str]:
         """What a process needs to use this sandbox (kubectl, boto3, the operator)."""
-        from edx_remote_cache.adapters.resolver import ENV_ADDRESS_MAP
+        from edx_remote_cache import PROBE_SOURCE_ENV
         from edx_remote_cache.sandbox.aws import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 
         env = {
@@ -354,7 +422,10 @@ class Sandbox:
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
             "AWS_EC2_METADATA_DISABLED": "true",
-            ENV_ADDRESS_MAP: str(self.address_map_path),
+            "SANDBOX_VPC_CIDR": VPC_CIDR,
+            "SANDBOX_OPERATOR_IP": self._network().operator_ip,
+            "SANDBOX_NETNS_PREFIX": self._network().prefix,
+            PROBE_SOURCE_ENV: f"{self._network().operator_ip}/32",
             "SANDBOX_SUBNET_ID": self.subnet_id,
             "SANDBOX_VPC_ID": self.vpc_id,
             "SANDBOX_EDX_HOSTS": ",".join(self.edx_hosts),
@@ -391,6 +462,11 @@ class Sandbox:
         if self.ssm is None:
             raise RuntimeError("the sandbox is not running: start() it first")
         return self.ssm
+
+    def _network(self) -> SandboxNetwork:
+        if self.network is None:
+            raise RuntimeError("the sandbox is not running: start() it first")
+        return self.network
 
     def _registry(self) -> HostRegistry:
         if self.registry is None:

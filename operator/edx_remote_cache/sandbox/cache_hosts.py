@@ -1,15 +1,12 @@
-"""Cache hosts for the sandbox: a real memcached on 127.0.0.1 for every instance launched with the operator's
-user-data, plus the host tools (fake curl/systemctl) that SSM scripts call on any sandbox host.
+"""Cache hosts for the sandbox: a real memcached in the network namespace of every instance launched with the
+operator's user-data, plus the host tools (fake curl/systemctl) that SSM scripts call on any sandbox host.
 
-When such an instance reaches ``running``, memcached starts from the config carried in its user-data (parsed by
-:func:`edx_remote_cache.domain.userdata.parse_memcached_conf`), with only ``-l`` (127.0.0.1) and ``-p`` (ephemeral,
-kept across restarts) overridden, ``-P``/``-d`` dropped and ``-u`` adapted; so a flag memcached rejects fails the
-host as it would on EC2. The JSON address map ``{"<privateIp>:<conf port>": "127.0.0.1:<port>"}`` is rewritten
-atomically whenever a cache host starts or stops; the operator's resolver reads it and never dials anything else.
-
-While a running host's memcached is down (killed, stopped with systemctl), its loopback port stays reserved by a
-bound, non-listening socket: a client gets "connection refused", as from the real host, and never another
-host's memcached that happened to get the same port.
+When such an instance reaches ``running``, memcached starts inside the instance's namespace (sandbox/network.py)
+from the /etc/memcached.conf that the user-data renders, with the IMDS lookup resolved to the instance's own
+private IP: so it listens on ``-l <private IP> -p <conf port>`` exactly as on EC2, and only the instance's
+security groups decide who reaches it. ``-P``/``-d`` are dropped (the sandbox supervises the process, as systemd
+would) and ``-u`` is adapted; a flag memcached rejects fails the host as it would on EC2. While the process is
+down, the private IP answers "connection refused", as the real host does.
 """
 
 from __future__ import annotations
@@ -20,14 +17,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import socketserver
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +35,7 @@ from edx_remote_cache.domain.userdata import (
     parse_memcached_conf,
 )
 from edx_remote_cache.sandbox.aws import AwsServer, decode_user_data
+from edx_remote_cache.sandbox.netns import netns_path, nsenter_argv
 from edx_remote_cache.sandbox.ssm_agent import HostRegistry, SandboxHost
 
 __all__ = [
@@ -54,7 +51,7 @@ __all__ = [
 
 OWNER_ENV = "EDX_REMOTE_CACHE_SANDBOX_OWNER"  # marks processes the sandbox started, so orphans can be reaped
 START_TIMEOUT = 5.0
-_DROPPED = {"-l", "--listen", "-p", "--port", "-P", "--pidfile", "-d", "--daemon"}
+_DROPPED = {"-P", "--pidfile", "-d", "--daemon"}
 
 
 def _user_exists(name: str) -> bool:
@@ -65,8 +62,8 @@ def _user_exists(name: str) -> bool:
     return True
 
 
-def memcached_argv(conf: str, port: int | None, binary: str = "memcached") -> list[str]:
-    """memcached's command line for ``conf``: listen on 127.0.0.1:``port`` (None: ephemeral), nothing else changed."""
+def memcached_argv(conf: str, binary: str = "memcached") -> list[str]:
+    """memcached's command line for ``conf`` as systemd would run it: the conf's flags, in the foreground."""
     argv = [binary]
     user: str | None = None
     for flag, value in parse_memcached_conf(conf):
@@ -84,7 +81,6 @@ def memcached_argv(conf: str, port: int | None, binary: str = "memcached") -> li
         # Any other user is kept as is, so a user the real host would not have fails here too.
         user = user or "memcache"
         argv += ["-u", "root" if user == "memcache" and not _user_exists(user) else user]
-    argv += ["-l", "127.0.0.1", "-p", str(port) if port else "-1"]
     return argv
 
 
@@ -129,14 +125,12 @@ class CacheHost:
     host: SandboxHost
     conf_port: int
     process: subprocess.Popen[bytes] | None = None
-    port: int | None = None  # its loopback port (kept across restarts while the instance exists)
     state: str = "stopped"  # running | stopped | failed (as systemd would say: active / inactive / failed)
     failure: str | None = None
     enabled: bool = True
     instance_running: bool = False
     hung: bool = False
     fail_restarts: bool = False
-    placeholder: socket.socket | None = field(default=None, repr=False)
 
     @property
     def instance_id(self) -> str:
@@ -146,11 +140,6 @@ class CacheHost:
     def endpoint(self) -> str:
         """What the operator dials: ``<private ip>:<conf port>``."""
         return f"{self.host.private_ip}:{self.conf_port}"
-
-    @property
-    def address(self) -> tuple[str, int] | None:
-        """Where that endpoint really is, on loopback (None while unmapped)."""
-        return ("127.0.0.1", self.port) if self.port and self.instance_running else None
 
     @property
     def pid(self) -> int | None:
@@ -171,7 +160,6 @@ class CacheHostManager:
         registry: HostRegistry,
         hosts_dir: Path,
         runtime_dir: Path,
-        address_map_path: Path,
         *,
         on_host: Callable[[SandboxHost], None] | None = None,
         memcached: str | None = None,
@@ -180,7 +168,6 @@ class CacheHostManager:
         self.registry = registry
         self.hosts_dir = hosts_dir
         self.runtime_dir = runtime_dir
-        self.address_map_path = address_map_path
         self.on_host = on_host
         self.memcached = memcached or shutil.which("memcached") or "/usr/bin/memcached"
         self.hosts: dict[str, CacheHost] = {}
@@ -197,7 +184,6 @@ class CacheHostManager:
             for backend in self.aws.ec2_backends():
                 for instance in backend.all_instances():
                     self._sync_instance(instance, backend.region_name, instance.id in rebooted)
-            self._write_map()
 
     def _sync_instance(self, instance: Any, region: str, rebooted: bool) -> None:
         cache = self.hosts.get(instance.id)
@@ -221,7 +207,6 @@ class CacheHostManager:
         elif not running and cache.instance_running:
             cache.instance_running = False
             self._stop(cache, state="stopped")
-            self._release_port(cache)
 
     def _register(self, instance: Any, region: str, conf: str) -> CacheHost:
         host = SandboxHost(
@@ -258,27 +243,25 @@ class CacheHostManager:
         if isinstance(conf, OSError):
             return self._fail(cache, f"cannot read /etc/memcached.conf: {conf.strerror or conf}")
         cache.conf_port = conf_port(conf)
-        preferred = cache.port
-        self._close_placeholder(cache)
-        ok, detail = self._spawn(cache, conf, preferred)
-        if not ok and preferred is not None and "in use" in detail:
-            ok, detail = self._spawn(cache, conf, None)
+        ok, detail = self._spawn(cache, conf)
         if not ok:
             return self._fail(cache, detail)
         cache.state, cache.failure, cache.hung = "running", None, False
         return True
 
-    def _spawn(self, cache: CacheHost, conf: str, port: int | None) -> tuple[bool, str]:
+    def _spawn(self, cache: CacheHost, conf: str) -> tuple[bool, str]:
         port_file = self.runtime_dir / f"{cache.instance_id}.port"
         port_file.unlink(missing_ok=True)
-        argv = memcached_argv(conf, port, self.memcached)
+        argv = memcached_argv(conf, self.memcached)
+        if cache.host.netns is None or not netns_path(cache.host.netns).exists():
+            return False, f"{cache.instance_id} has no network interface in the sandbox VPC"
         log_path = cache.host.dir / "memcached.log"
         with open(log_path, "ab") as log:
             log.write(f"--- {time.strftime('%H:%M:%S')} {' '.join(argv)}\n".encode())
             log.flush()
             offset = log.tell()
             process = subprocess.Popen(
-                argv,
+                [*nsenter_argv(cache.host.netns), *argv],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -296,7 +279,7 @@ class CacheHostManager:
             if port_file.exists():
                 for line in port_file.read_text(errors="replace").splitlines():
                     if line.startswith("TCP INET:"):
-                        cache.process, cache.port = process, int(line.split(":", 1)[1])
+                        cache.process = process
                         return True, ""
             time.sleep(0.003)
         _terminate(process)
@@ -304,7 +287,6 @@ class CacheHostManager:
 
     def _fail(self, cache: CacheHost, reason: str) -> bool:
         cache.state, cache.failure = "failed", reason
-        self._reserve_port(cache)
         return False
 
     def _stop(self, cache: CacheHost, *, state: str) -> None:
@@ -312,37 +294,6 @@ class CacheHostManager:
             _terminate(cache.process)
             cache.process = None
         cache.state, cache.hung = state, False
-        if cache.instance_running:
-            self._reserve_port(cache)
-
-    def _reserve_port(self, cache: CacheHost) -> None:
-        if cache.port is None or cache.placeholder is not None or not cache.instance_running:
-            return
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", cache.port))
-        except OSError:
-            sock.close()
-            return
-        cache.placeholder = sock
-
-    @staticmethod
-    def _close_placeholder(cache: CacheHost) -> None:
-        if cache.placeholder is not None:
-            cache.placeholder.close()
-            cache.placeholder = None
-
-    def _release_port(self, cache: CacheHost) -> None:
-        self._close_placeholder(cache)
-
-    def _write_map(self) -> None:
-        mapping = {
-            c.endpoint: f"{c.address[0]}:{c.address[1]}" for c in self.hosts.values() if c.address is not None
-        }
-        tmp = self.address_map_path.with_name(f".{self.address_map_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(mapping, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, self.address_map_path)
 
     def refresh(self) -> None:
         """Notice memcached processes that died on their own (systemd would report them failed)."""
@@ -351,7 +302,6 @@ class CacheHostManager:
                 if cache.process is not None and cache.process.poll() is not None:
                     cache.failure = f"memcached exited with {cache.process.returncode}"
                     cache.process, cache.state = None, "failed"
-                    self._reserve_port(cache)
 
     # -- systemctl on a cache host ----------------------------------------------------------------------------------
 
@@ -365,50 +315,47 @@ class CacheHostManager:
                 "Job for memcached.service failed because the control process exited with error code.\n"
                 'See "systemctl status memcached.service" and "journalctl -xeu memcached.service" for details.\n'
             )
-            try:
-                if action in (
-                    "start",
-                    "restart",
-                    "try-restart",
-                    "reload-or-restart",
-                    "force-reload",
-                    "reload",
-                ):
-                    if action == "try-restart" and cache.state != "running":
-                        return 0, "", ""
-                    if action != "start":
-                        self._stop(cache, state="stopped")
-                    if cache.fail_restarts:
-                        self._fail(cache, "restart failed (sandbox fault)")
-                        return 1, "", failed_job
-                    # Type=simple: systemctl returns 0 once the process is forked, even if memcached dies at once
-                    self._start(cache, text)
+            if action in (
+                "start",
+                "restart",
+                "try-restart",
+                "reload-or-restart",
+                "force-reload",
+                "reload",
+            ):
+                if action == "try-restart" and cache.state != "running":
                     return 0, "", ""
-                if action == "stop":
+                if action != "start":
                     self._stop(cache, state="stopped")
-                    return 0, "", ""
-                if action == "enable":
-                    cache.enabled = True
-                    return 0, "", ""
-                if action == "disable":
-                    cache.enabled = False
-                    return 0, "", ""
-                if action == "is-enabled":
-                    return (0, "enabled\n", "") if cache.enabled else (1, "disabled\n", "")
-                if action in ("is-active", "status"):
-                    word = {"running": "active", "stopped": "inactive", "failed": "failed"}[cache.state]
-                    rc = 0 if word == "active" else 3
-                    if action == "is-active":
-                        return rc, word + "\n", ""
-                    text_status = f"● memcached.service - memcached daemon\n     Active: {word}\n"
-                    if cache.failure and word == "failed":
-                        text_status += f"     Error: {cache.failure}\n"
-                    return rc, text_status, ""
-                if action == "is-failed":
-                    return (0, "failed\n", "") if cache.state == "failed" else (1, "active\n", "")
-                return 1, "", f"Unknown command verb {action}.\n"
-            finally:
-                self._write_map()
+                if cache.fail_restarts:
+                    self._fail(cache, "restart failed (sandbox fault)")
+                    return 1, "", failed_job
+                # Type=simple: systemctl returns 0 once the process is forked, even if memcached dies at once
+                self._start(cache, text)
+                return 0, "", ""
+            if action == "stop":
+                self._stop(cache, state="stopped")
+                return 0, "", ""
+            if action == "enable":
+                cache.enabled = True
+                return 0, "", ""
+            if action == "disable":
+                cache.enabled = False
+                return 0, "", ""
+            if action == "is-enabled":
+                return (0, "enabled\n", "") if cache.enabled else (1, "disabled\n", "")
+            if action in ("is-active", "status"):
+                word = {"running": "active", "stopped": "inactive", "failed": "failed"}[cache.state]
+                rc = 0 if word == "active" else 3
+                if action == "is-active":
+                    return rc, word + "\n", ""
+                text_status = f"● memcached.service - memcached daemon\n     Active: {word}\n"
+                if cache.failure and word == "failed":
+                    text_status += f"     Error: {cache.failure}\n"
+                return rc, text_status, ""
+            if action == "is-failed":
+                return (0, "failed\n", "") if cache.state == "failed" else (1, "active\n", "")
+            return 1, "", f"Unknown command verb {action}.\n"
 
     # -- faults -----------------------------------------------------------------------------------------------------
 
@@ -428,7 +375,6 @@ class CacheHostManager:
             cache.process.wait()
             cache.failure = "memcached killed by SIGKILL (sandbox fault)"
             cache.process, cache.state, cache.hung = None, "failed", False
-            self._reserve_port(cache)
 
     def hang(self, instance_id: str) -> None:
         """SIGSTOP: connections are accepted by the kernel but never answered."""
@@ -458,8 +404,6 @@ class CacheHostManager:
                     _terminate(cache.process)
                     cache.process = None
                 cache.state = "stopped"
-                self._close_placeholder(cache)
-            self.address_map_path.unlink(missing_ok=True)
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:

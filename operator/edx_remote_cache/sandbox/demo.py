@@ -1,14 +1,17 @@
-"""``edx-remote-cache demo`` (``make demo``): the operator's whole loop on loopback, narrated, in well under a minute.
+"""``edx-remote-cache demo`` (``make demo``): the operator's whole loop in the sandbox VPC, narrated, in well under a
+minute.
 
 The story, one step at a time, each with a timeout so the demo can never hang:
 
  1. sandbox     start the sandbox cloud: a Kubernetes API (CRD installed), AWS (EC2 + SSM, moto), two Open edX
-                app servers (their ``/edx`` is a directory here) - all on 127.0.0.1
- 2. operator    start the real operator, ``edx-remote-cache run``, as a child process
+                app servers (their ``/edx`` is a directory here); the APIs on 127.0.0.1, every instance in a
+                network namespace of the sandbox VPC at its private IP
+ 2. operator    start the real operator, ``edx-remote-cache run``, as a child process in its own namespace
  3. apply       apply ``examples/sandbox-demo.yaml`` (subnet and host ids templated in) and wait for Ready
  4. config      show what the operator pushed to ``/edx/etc/lms.yml``: a diff of LOCATION lines only
- 5. traffic     play an Open edX app server: read-through get/set on the LOCATION it now has (mapped to
-                loopback by the sandbox's address map), until the operator's probe reports a real hit ratio
+ 5. traffic     "the LMS" on an Open edX host (Django's cache framework from its lms.yml, in its namespace):
+                read-through get/set on the LOCATION it now has, through the cache's security group, until
+                the operator's probe reports a real hit ratio
  6. detect      SIGKILL the cache host's memcached; wait for ``CacheHealthy=False``
  7. heal        wait for the operator to heal it (memcached restarted through SSM) and be Ready again
  8. delete      delete the object: hosts reverted (lms.yml byte for byte), instance terminated, group deleted
@@ -24,7 +27,8 @@ The story, one step at a time, each with a timeout so the demo can never hang:
 Ready again (the whole outage). A figure that was never measured is null. The exit status is 0 only when every
 step passed (130 after Ctrl-C).
 
-Nothing here dials anything but 127.0.0.1.
+Nothing here dials anything but 127.0.0.1 from this machine's namespace; the cache traffic runs inside the
+sandbox VPC, which has no route out.
 """
 
 from __future__ import annotations
@@ -35,7 +39,6 @@ import difflib
 import importlib.resources
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -47,7 +50,10 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+if TYPE_CHECKING:
+    from edx_remote_cache.sandbox.lms import LmsTraffic
 
 __all__ = [
     "COLUMNS",
@@ -227,12 +233,22 @@ def _endpoints(text: str) -> list[str]:
     return [m.group(0) for m in _ENDPOINT.finditer(text)]
 
 
+def _is_local(host: str) -> bool:
+    """127.0.0.0/8, ::1 and the localhost names: a cache location on the app server itself."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def compare_reverted(name: str, original: bytes, current: bytes) -> tuple[str, str]:
     """How a config file came back after a revert: ``exact`` (the original bytes), ``equivalent`` (only cache
     locations differ, and every one is local again, e.g. 127.0.0.1:11211 -> localhost:11211) or ``different``;
     with a short explanation."""
-    from edx_remote_cache.adapters.resolver import is_loopback_host
-
     if original == current:
         return "exact", ""
     diff = location_diff(original.decode(), current.decode(), fromfile=name, tofile=name)
@@ -251,7 +267,7 @@ def compare_reverted(name: str, original: bytes, current: bytes) -> tuple[str, s
     if not diff.only_locations:
         others = sorted({p for p in diff.paths if not LOCATION_KEYS.search(p)})
         return "different", f"changed outside cache locations: {', '.join(others) or '?'}"
-    remote = [e for e in added if not is_loopback_host(e.rsplit(":", 1)[0].strip("[]"))]
+    remote = [e for e in added if not _is_local(e.rsplit(":", 1)[0].strip("[]"))]
     if remote:
         return "different", f"still points at {', '.join(sorted(set(remote)))}"
     pairs = sorted({f"{a} came back as {b}" for a, b in zip(removed, added, strict=False) if a != b})
@@ -443,92 +459,6 @@ class Display:
 # ------------------------------------------------------------------------------------------------ app traffic
 
 
-class AppTraffic:
-    """What an Open edX app server does with its cache: read-through (get; on a miss, set) on skewed keys, at a
-    modest rate, against the LOCATION it was configured with - resolved through the sandbox's address map, so
-    the socket only ever goes to 127.0.0.1. Survives memcached going away (counts errors, reconnects)."""
-
-    def __init__(self, location: str, resolver: Any, *, rate: float = 250.0, seed: int = 7) -> None:
-        self.location = location
-        self.resolver = resolver
-        self.rate = rate
-        self.seed = seed
-        self.gets = self.hits = self.misses = self.errors = 0
-        self.last_ok = 0.0
-        self.last_error = ""
-        self.address = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> AppTraffic:
-        self._thread = threading.Thread(target=self._loop, name="demo-app-traffic", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    @property
-    def hit_ratio(self) -> float | None:
-        with self._lock:
-            total = self.hits + self.misses
-            return self.hits / total if total else None
-
-    def snapshot(self) -> tuple[int, int, int, int]:
-        with self._lock:
-            return self.gets, self.hits, self.misses, self.errors
-
-    def _connect(self) -> Any:
-        from pymemcache.client.base import Client
-
-        from edx_remote_cache.adapters.resolver import is_loopback_host
-
-        host, port = self.resolver.resolve(self.location)
-        if not is_loopback_host(host):  # the address map exists so nothing else is dialed
-            raise RuntimeError(f"{self.location} maps to {host}:{port}, not loopback")
-        self.address = f"{host}:{port}"
-        return Client((host, port), connect_timeout=0.5, timeout=0.5, no_delay=True)
-
-    def _loop(self) -> None:
-        rng = random.Random(self.seed)
-        payload = b"x" * 512
-        batch = 5
-        pause = batch / self.rate
-        client: Any = None
-        while not self._stop.is_set():
-            try:
-                if client is None:
-                    client = self._connect()
-                for _ in range(batch):
-                    key = f"demo:course-block:{int(rng.expovariate(1 / 80)) % 3000}"
-                    value = client.get(key)
-                    with self._lock:
-                        self.gets += 1
-                        if value is None:
-                            self.misses += 1
-                        else:
-                            self.hits += 1
-                    if value is None:
-                        client.set(key, payload, expire=600)
-                self.last_ok = time.monotonic()
-            except Exception as exc:  # memcached down or restarting: Django would treat it as a miss
-                with self._lock:
-                    self.errors += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                if client is not None:
-                    with contextlib.suppress(Exception):
-                        client.close()
-                client = None
-                self._stop.wait(0.2)
-            self._stop.wait(pause)
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-
-
 # ------------------------------------------------------------------------------------------------ the story
 
 
@@ -577,7 +507,7 @@ class Demo:
         self.t0 = time.monotonic()
         self.sb: Any = None
         self.op: Any = None
-        self.traffic: AppTraffic | None = None
+        self.traffic: LmsTraffic | None = None
         self.results: list[StepResult] = []
         self.metrics = Metrics()
         self.interrupted = False
@@ -887,16 +817,14 @@ class Demo:
         self.security_group = str(status.get("securityGroupId") or "")
         instance = (status.get("instances") or [{}])[0]
         self.cache_instance = str(instance.get("id") or "")
-        self._remember_ports()
         self._describe_cloud(instance)
         return f"Ready {ready:.1f} s after the apply"
 
     def _describe_cloud(self, instance: Mapping[str, Any]) -> None:
         say = self.d.say
-        loopback = self._address_map().get(self.endpoint, "?")
         say(
             f"cache host      {instance.get('id')} ({instance.get('type')}, private IP {instance.get('privateIp')},"
-            f" no public IP); memcached {self.endpoint} = {loopback} in the sandbox",
+            f" no public IP); memcached listens on {self.endpoint} in the host's own network namespace",
             indent=3,
             wrap=True,
         )
@@ -993,20 +921,19 @@ class Demo:
         )
 
     def step_traffic(self) -> str:
-        import yaml
-
-        from edx_remote_cache.adapters.resolver import MapFileResolver
+        from edx_remote_cache.sandbox.cache_hosts import OWNER_ENV
+        from edx_remote_cache.sandbox.lms import LmsTraffic
 
         sb = self.sb
         first = sb.edx_hosts[0]
-        config = yaml.safe_load((sb.roots[first] / "etc" / "lms.yml").read_text(encoding="utf-8"))
-        location = config["CACHES"]["default"]["LOCATION"]
-        location = location[0] if isinstance(location, list) else str(location)
-        traffic = self.traffic = AppTraffic(location, MapFileResolver(sb.address_map_path)).start()
-        self._wait("a connection", lambda: traffic.address or traffic.errors > 3, timeout=5)
+        env = {**os.environ, OWNER_ENV: str(os.getpid())}
+        config = sb.roots[first] / "etc" / "lms.yml"
+        traffic = self.traffic = LmsTraffic(sb.in_namespace(first), config, env=env).start()
+        self._wait("the LMS's first cache calls", lambda: traffic.gets > 0 or traffic.errors > 3, timeout=10)
+        source = sb.registry.get(first) if sb.registry is not None else None
         self.d.say(
-            f"the LMS on {first} reads CACHES.default.LOCATION = {location}; the sandbox's address map sends that"
-            f" to memcached on {traffic.address}",
+            f"the LMS on {first} ({source.private_ip if source else '?'}): Django's PyMemcacheCache from its"
+            f" lms.yml CACHES.default, LOCATION {traffic.address}, through the cache's security group",
             indent=3,
             wrap=True,
         )
@@ -1182,7 +1109,6 @@ class Demo:
                 self.loopback_ports.add(self.op.metrics_port)
             self.op.stop(timeout=10)
         if self.sb is not None:
-            self._remember_ports()
             if self.sb.kube is not None:
                 self.loopback_ports.add(int(self.sb.kube.port))
             with contextlib.suppress(Exception):
@@ -1241,18 +1167,6 @@ class Demo:
         if hits is None or misses is None or hits + misses == 0:
             return None
         return hits / (hits + misses)  # what PromQL would compute from the two counters
-
-    def _address_map(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.sb.address_map_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, AttributeError):
-            return {}
-        return {str(k): str(v) for k, v in data.items()}
-
-    def _remember_ports(self) -> None:
-        for target in self._address_map().values():
-            with contextlib.suppress(ValueError):
-                self.loopback_ports.add(int(target.rsplit(":", 1)[1]))
 
     # -- the end ------------------------------------------------------------------------------------------------------
 
@@ -1379,7 +1293,7 @@ def _listening(port: int) -> bool:
 def add_parser(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "demo",
-        help="the whole loop on loopback, narrated: apply, configure, probe, break, heal, delete (under a minute)",
+        help="the whole loop in a sandbox VPC, narrated: apply, configure, probe, break, heal, delete (under a minute)",
         description="Start the sandbox (Kubernetes API, AWS, real memcached, two Open edX hosts, all on "
         "127.0.0.1), run the operator, apply an EdxRemoteCache and narrate what happens: Ready, the config "
         "pushed to lms.yml, real cache traffic, a killed memcached detected and healed, the delete reverting "
@@ -1407,6 +1321,13 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from edx_remote_cache.sandbox.network import NetworkSetupError, check_capability
+
+    try:
+        check_capability()
+    except NetworkSetupError as exc:
+        print(f"edx-remote-cache demo: {exc}", file=sys.stderr)
+        return 2
     stream = sys.stdout
     tty = stream.isatty() and os.environ.get("TERM") != "dumb"
     live = tty and not args.headless

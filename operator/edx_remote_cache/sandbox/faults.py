@@ -99,11 +99,45 @@ class Faults:
         protocol: str = "tcp",
         to_port: int | None = None,
     ) -> None:
-        """Remove an ingress rule behind the operator's back (e.g. someone closes the Open edX hosts' access)."""
+        """Remove an ingress rule behind the operator's back (e.g. someone closes the Open edX hosts' access).
+        As on EC2 the rule's description does not matter (moto would want it repeated, so it is looked up)."""
         permission = self._permission(port, cidr, source_group_id, protocol, to_port)
-        self._sandbox._ec2_internal().revoke_security_group_ingress(
-            GroupId=group_id, IpPermissions=[permission]
-        )
+        ec2 = self._sandbox._ec2_internal()
+        for existing in ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0][
+            "IpPermissions"
+        ]:
+            if (existing.get("IpProtocol"), existing.get("FromPort"), existing.get("ToPort")) != (
+                permission["IpProtocol"],
+                permission["FromPort"],
+                permission["ToPort"],
+            ):
+                continue
+            for key, field in (("IpRanges", "CidrIp"), ("UserIdGroupPairs", "GroupId")):
+                for wanted in permission.get(key, ()):
+                    for item in existing.get(key, ()):
+                        if item.get(field) == wanted[field]:
+                            wanted.update({k: v for k, v in item.items() if k == "Description"})
+        ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=[permission])
+
+    # -- the network (invisible to the EC2 API) ------------------------------------------------------------------------
+
+    def block_path(self, a: str, b: str) -> None:
+        """Drop all traffic between two instances (or an instance and ``operator``), both ways, as a network
+        ACL or a broken route would: the security groups still allow it, DescribeSecurityGroups shows nothing."""
+        self._sandbox._network().block(a, b)
+
+    def unblock_path(self, a: str, b: str) -> None:
+        self._sandbox._network().unblock(a, b)
+
+    def partition_operator(self, partitioned: bool = True) -> None:
+        """Cut every path between the operator's namespace and the VPC (its API servers stay reachable): the
+        operator's probes time out while the Open edX hosts still reach the cache."""
+        self._sandbox._network().partition_operator(partitioned)
+
+    def revoke_rule(self, group_id: str, port: int, **source: Any) -> None:
+        """Revoke an ingress rule out of band (an alias of :meth:`remove_sg_rule`, named for the network fault):
+        new connections it admitted are dropped within the next packet, established ones stay up."""
+        self.remove_sg_rule(group_id, port, **source)
 
     # -- SSM agent ----------------------------------------------------------------------------------------------------
 

@@ -1,7 +1,11 @@
 """Run the real operator process against a running Sandbox: shared by the e2e suite, the demo and the benchmarks.
 
 The operator runs exactly as in production (`edx-remote-cache run`), as a child process with the sandbox's
-environment (KUBECONFIG, AWS_ENDPOINT_URL, the address map), so every test exercises the production code path.
+environment (KUBECONFIG, AWS_ENDPOINT_URL, its probe source), so every test exercises the production code path.
+When the environment names a sandbox VPC (``SANDBOX_NETNS_PREFIX``) the process runs in the operator's network
+namespace, as ``edx-remote-cache sandbox exec ... operator -- edx-remote-cache run`` would start it: its probes
+cross the cache hosts' security groups, and its liveness/metrics ports are bridged back to this machine's
+127.0.0.1 so callers reach them at the same URLs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edx_remote_cache import GROUP, KIND, VERSION
+from edx_remote_cache.sandbox.netns import PortBridge, nsenter_argv
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 _SERIAL = itertools.count(1)
@@ -50,17 +55,23 @@ class OperatorProcess:
         self.metrics_port = free_port() if metrics else None
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
+        prefix = self.env.get("SANDBOX_NETNS_PREFIX")
+        self.netns = f"{prefix}-op" if prefix else None
+        self._bridges: list[PortBridge] = []
 
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self, *, wait: float = 30.0) -> OperatorProcess:
-        cmd = [sys.executable, "-m", "edx_remote_cache.cli.main", "run", *self.args,
+        cmd = [*nsenter_argv(self.netns), sys.executable, "-m", "edx_remote_cache.cli.main", "run", *self.args,
                "--liveness", f"http://127.0.0.1:{self.liveness_port}/healthz"]  # fmt: skip
         if self.metrics_port:
             cmd += ["--metrics-port", str(self.metrics_port), "--metrics-addr", "127.0.0.1"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.netns is not None and not self._bridges:
+            ports = [self.liveness_port] + ([self.metrics_port] if self.metrics_port else [])
+            self._bridges = [PortBridge(p, listen_ns=None, connect_ns=self.netns) for p in ports]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -83,6 +94,12 @@ class OperatorProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+        self._close_bridges()
+
+    def _close_bridges(self) -> None:
+        for bridge in self._bridges:
+            bridge.close()
+        self._bridges = []
 
     def stop(self, timeout: float = 15.0) -> None:
         if self.proc and self.proc.poll() is None:
@@ -91,6 +108,7 @@ class OperatorProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close_bridges()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -2,10 +2,11 @@
 
 Moto's SendCommand answers Success and runs nothing; DescribeInstanceInformation and ListCommandInvocations are
 not implemented. Here a command sent to a sandbox host is queued for that host's agent (a worker thread) and
-run exactly as sent, as one bash script (the ``commands`` lines joined by newlines), inside
-``unshare --mount --net --pid``: the host's sandbox root is bind-mounted at ``/edx``, ``/etc`` is a per-host
-overlay (so the script can rewrite ``/etc/memcached.conf`` and never touches the real one), there is no
-network at all (not even loopback), and every process the script leaves behind dies with it. The host's fake
+run exactly as sent, as one bash script (the ``commands`` lines joined by newlines), in the host's network
+namespace of the sandbox VPC (``nsenter --net``; a host without one gets no network at all) and inside
+``unshare --mount --pid``: the host's sandbox root is bind-mounted at ``/edx``, ``/etc`` is a per-host
+overlay (so the script can rewrite ``/etc/memcached.conf`` and never touches the real one), and every process
+the script leaves behind dies with it. The host's fake
 ``curl``/``systemctl`` come first on the agent's PATH, as a real agent has its own environment.
 
 Statuses, truncation (24,000/8,000 characters), the 137 exit code of an execution timeout and the
@@ -79,6 +80,7 @@ class SandboxHost:
     offline_since: float | None = None
     registered: float = field(default_factory=time.time)
     ssm_visible_at: float = 0.0  # time.monotonic() from which the agent is registered with SSM
+    netns: str | None = None  # its network namespace in the sandbox VPC (sandbox/network.py)
 
     @property
     def root(self) -> Path:
@@ -204,6 +206,8 @@ class NamespaceRunner:
         script_path = run_dir / "_script.sh"
         script_path.write_text(script, encoding="utf-8")
         argv = [*self.argv, "--", "/bin/bash", "-c", _SETUP, "sandbox-setup"]
+        if host.netns is not None:  # the host's own network instead of none
+            argv = ["nsenter", f"--net=/run/netns/{host.netns}", "--", *(a for a in argv if a != "--net")]
         argv += [
             str(host.root),
             str(host.etc_upper),

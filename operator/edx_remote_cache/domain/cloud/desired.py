@@ -110,10 +110,34 @@ def security_group_name(owner: Owner) -> str:
     return _fit(f"erc-{owner.namespace}-{owner.name}-{owner.uid[:8]}", 255)
 
 
+def parse_probe_sources(text: str) -> tuple[str, ...]:
+    """The operator's probe source setting (comma/space separated security-group ids and IPv4 CIDRs), checked:
+    the operator's probes cross each cache host's security group like any client's, so it needs a rule too."""
+    sources = []
+    for item in text.replace(",", " ").split():
+        if item.startswith("sg-"):
+            sources.append(item)
+            continue
+        try:
+            sources.append(canonical_cidr(item if "/" in item else f"{item}/{128 if ':' in item else 32}"))
+        except ValueError as exc:
+            raise ValueError(
+                f"probe source {item!r} is neither a security-group id (sg-...) nor a CIDR"
+            ) from exc
+    return tuple(sources)
+
+
 def desired_ingress(
-    *, port: int, allow_groups: Iterable[str], allow_cidrs: Iterable[str], ssh_cidrs: Iterable[str]
+    *,
+    port: int,
+    allow_groups: Iterable[str],
+    allow_cidrs: Iterable[str],
+    ssh_cidrs: Iterable[str],
+    probe_sources: Iterable[str] = (),
 ) -> tuple[IngressRule, ...]:
-    """TCP `port` from each allowed group and CIDR, TCP 22 from the SSH CIDRs, nothing else."""
+    """TCP `port` from each allowed group and CIDR and from the operator's probe sources, TCP 22 from the SSH
+    CIDRs, nothing else. The probe-source rules are the operator's own (described as such), kept and
+    drift-corrected like the others."""
     rules = {
         IngressRule("tcp", port, port, group_id=g, description=f"memcached from {g}") for g in allow_groups
     }
@@ -125,6 +149,14 @@ def desired_ingress(
         IngressRule("tcp", SSH_PORT, SSH_PORT, cidr_ipv4=canonical_cidr(c), description=f"ssh from {c}")
         for c in ssh_cidrs
     }
+    for source in probe_sources:
+        described = f"edx-remote-cache operator probes from {source}"
+        if source.startswith("sg-"):
+            rules.add(IngressRule("tcp", port, port, group_id=source, description=described))
+        elif ":" in source:
+            rules.add(IngressRule("tcp", port, port, cidr_ipv6=canonical_cidr(source), description=described))
+        else:
+            rules.add(IngressRule("tcp", port, port, cidr_ipv4=canonical_cidr(source), description=described))
     return tuple(sorted(rules))
 
 
@@ -137,6 +169,7 @@ def desired_from_spec(
     vpc_id: str,
     edx_security_groups: Iterable[str] = (),
     replacements: Mapping[int, int] | None = None,
+    probe_sources: Iterable[str] = (),
 ) -> DesiredCacheHost:
     """The desired cache host; `edx_security_groups` is the allow-list when `allowFromSecurityGroups` is empty.
 
@@ -158,6 +191,7 @@ def desired_from_spec(
             allow_groups=allow_groups,
             allow_cidrs=spec.network.allow_from_cidrs,
             ssh_cidrs=spec.network.ssh_from_cidrs,
+            probe_sources=probe_sources,
         ),
         user_data=render_user_data(settings),
         reconfigure_script=render_reconfigure_script(settings),

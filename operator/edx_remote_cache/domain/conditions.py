@@ -27,10 +27,12 @@ __all__ = [
     "HEARTBEAT_FIELDS",
     "LATENCY_BUCKETS_MS",
     "PHASES",
+    "ROLLOUT_ERROR_STATES",
     "Facts",
     "bucket_latency_ms",
     "compute_conditions",
     "compute_phase",
+    "count_rollout_errors",
     "health_status",
     "rfc3339",
     "status_changed",
@@ -65,6 +67,12 @@ HEARTBEAT_FIELDS: tuple[tuple[str, ...], ...] = (("health", "lastProbeTime"), ("
 # 1-2-5 buckets: loopback/same-AZ jitter (0.1-0.9 ms) all lands in "1", real slowdowns still show.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
+# Host push states that count against `openedx.rollout.maxErrors`: a restart or verify that failed (RolledBack),
+# a push that could not be done (Failed: unreadable, unparseable or templated files), a file a human changed
+# (Conflict), and an agent that was offline (Unreachable). Nothing was written to an Unreachable host, but it
+# still runs the old LOCATIONs while the rest move: pushing on would split the site across two caches.
+ROLLOUT_ERROR_STATES: frozenset[str] = frozenset({"Conflict", "RolledBack", "Failed", "Unreachable"})
+
 _MAX_LISTED_PROBLEMS = 5
 _START_TIME_TOLERANCE = timedelta(seconds=5)
 _AWS_CODE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9.]*)\s*[:(]")
@@ -90,6 +98,7 @@ class Facts:
     hosts_total: int = 0
     hosts_configured: int = 0
     host_problems: tuple[str, ...] = ()  # "i-0abc: Unreachable (agent ConnectionLost)"
+    rollout_halted: str = ""  # why the rollout stopped at maxErrors and which hosts it holds; "" = not halted
     cache_healthy: bool | None = None  # None = not probed yet
     cache_message: str = ""
     cold_cache: bool = False  # fresh cache after a replacement: hit ratio ~0 is expected, not a failure
@@ -147,7 +156,7 @@ def _instances_ok(facts: Facts) -> bool:
 
 
 def _hosts_ok(facts: Facts) -> bool:
-    if facts.host_problems:
+    if facts.host_problems or facts.rollout_halted:
         return False
     if facts.hosts_total == 0:
         return facts.instances_desired == 0
@@ -188,6 +197,8 @@ def _security_group_condition(facts: Facts) -> tuple[str, str, str]:
 
 def _hosts_condition(facts: Facts) -> tuple[str, str, str]:
     counts = f"{facts.hosts_configured}/{facts.hosts_total} hosts configured"
+    if facts.rollout_halted:
+        return "False", "RolloutHalted", f"{counts}; {facts.rollout_halted}"
     if facts.host_problems:
         return "False", "HostProblems", f"{counts}; {_problems_text(facts.host_problems)}"
     if facts.hosts_total == 0:
@@ -256,6 +267,8 @@ def _reconciling_condition(facts: Facts) -> tuple[str, str, str]:
         return "False", "Paused", "reconciliation is paused (spec.paused); nothing will be changed"
     if facts.healing:
         return "True", "Healing", f"healing: {facts.healing}"
+    if facts.rollout_halted and not facts.converging:
+        return "False", "RolloutHalted", "the host rollout is halted at rollout.maxErrors until resumed"
     if facts.converging:
         return "True", "Progressing", "applying changes to reach the desired state"
     waiting = _waiting_on(facts)
@@ -322,12 +335,17 @@ def compute_phase(facts: Facts) -> str:
         return "Healing"
     if _all_parts_ok(facts):
         return "Ready"
-    if facts.host_problems or facts.cache_healthy is False:
+    if facts.host_problems or facts.rollout_halted or facts.cache_healthy is False:
         return "Degraded"
     if not _instances_ok(facts) or facts.security_group_ready is not True:
         nothing_yet = facts.instances_running == 0 and facts.security_group_ready is None
         return "Pending" if nothing_yet and not facts.converging else "Provisioning"
     return "Configuring"
+
+
+def count_rollout_errors(states: Iterable[str]) -> int:
+    """How many of these host states count against rollout.maxErrors (see ROLLOUT_ERROR_STATES)."""
+    return sum(1 for state in states if state in ROLLOUT_ERROR_STATES)
 
 
 def _heartbeat_trie(fields: Iterable[tuple[str, ...]]) -> dict[str, Any]:

@@ -138,7 +138,7 @@ class Reconciler:
         await self.status.publish(obj, state, facts, **self.status.cloud_parts(cloud, spec, hosts, state))
         if cloud.plan.mutating or cloud.plan.of_type(WaitFor):
             raise RequeueError("cloud resources are still converging", delay=2.0)
-        if not paused and any(h.state == "Pending" for h in hosts):
+        if not paused and state.rollout is None and any(h.state == "Pending" for h in hosts):
             raise RequeueError("hosts are pending", delay=5.0)
 
     async def _retrying(

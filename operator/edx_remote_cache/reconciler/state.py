@@ -30,6 +30,9 @@ from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 
 PAUSE_ANNOTATION = "edx-remote-cache.openedx.org/paused"
+# Set (to any new value) to resume a rollout halted at openedx.rollout.maxErrors; the value present when the
+# rollout halted does not count, so an old annotation never resumes a new halt by itself.
+RESUME_ANNOTATION = "edx-remote-cache.openedx.org/resume-rollout"
 
 
 class EventSink(Protocol):
@@ -123,6 +126,7 @@ class ResourceState:
     # instance id -> the endpoints of its last Configured push (after a restart: status.pushedEndpoints)
     host_targets: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     retry_message: str | None = None  # the last AwsRetrying event, not repeated while the error stays
+    rollout: RolloutHalt | None = None  # the halted rollout the host pass found or left (-> status.rollout)
 
 
 @dataclasses.dataclass
@@ -172,6 +176,54 @@ def progress_status(
         "replacements": {str(k): v for k, v in replacements.items()},
         "replacementTimes": list(times),
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutHalt:
+    """`status.rollout`: a host rollout stopped at `openedx.rollout.maxErrors`, held across passes.
+
+    Kept in status (not only in memory) so that neither the next pass nor an operator restart pushes the held
+    hosts: only a new generation or a new value of RESUME_ANNOTATION lets the rollout go on.
+    """
+
+    generation: int
+    max_errors: int
+    done: tuple[str, ...]
+    failed: tuple[str, ...]
+    held: tuple[str, ...]
+    message: str
+    resume_seen: str = ""  # RESUME_ANNOTATION's value when the rollout halted
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any]) -> RolloutHalt | None:
+        rollout = status.get("rollout")
+        if not isinstance(rollout, Mapping) or not rollout.get("halted"):
+            return None
+        return cls(
+            generation=int(rollout.get("generation") or 0),
+            max_errors=int(rollout.get("maxErrors") or 0),
+            done=tuple(str(h) for h in rollout.get("done") or ()),
+            failed=tuple(str(h) for h in rollout.get("failed") or ()),
+            held=tuple(str(h) for h in rollout.get("held") or ()),
+            message=str(rollout.get("message") or ""),
+            resume_seen=str(rollout.get("resumeSeen") or ""),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "halted": True,
+            "generation": self.generation,
+            "maxErrors": self.max_errors,
+            "done": list(self.done),
+            "failed": list(self.failed),
+            "held": list(self.held),
+            "message": self.message,
+            "resumeSeen": self.resume_seen,
+        }
+
+
+def annotation(obj: Mapping[str, Any], key: str) -> str:
+    return str(((obj.get("metadata") or {}).get("annotations") or {}).get(key) or "")
 
 
 def is_paused(obj: Mapping[str, Any], spec: EdxRemoteCacheSpec | None) -> bool:

@@ -88,9 +88,18 @@ class FakeLookups:
 
 
 class FakeEdxHosts:
-    def hosts(self, *, instance_ids: Sequence[str], selector: Any = None) -> list[model.EdxHost]:
+    """EC2's view of the Open edX hosts: every id asked for is running unless `state` says otherwise."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, str] = {}  # instance id -> EC2 state; "" = EC2 does not know the id
+        self.selected: list[str] = []  # what any hostSelector matches
+
+    def hosts(self, *, instance_ids: Sequence[str] = (), selector: Any = None) -> list[model.EdxHost]:
+        ids = dict.fromkeys([*instance_ids, *(self.selected if selector else ())])
         return [
-            model.EdxHost(i, f"10.0.1.{n + 10}", (EDX_GROUP,), "running") for n, i in enumerate(instance_ids)
+            model.EdxHost(i, f"10.0.1.{n + 10}", (EDX_GROUP,), self.state.get(i, "running"))
+            for n, i in enumerate(ids)
+            if self.state.get(i, "running")
         ]
 
 
@@ -263,6 +272,7 @@ class World:
     memcached: FakeMemcached
     events: list[tuple[str, str, str]]
     adapters: Adapters
+    edx: FakeEdxHosts
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
@@ -303,7 +313,7 @@ def world() -> World:
         revert_hosts=hosts.revert_hosts,
         probe_all=memcached.probe_all,
     )
-    return World(journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters)
+    return World(journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters, edx)
 
 
 def cache(name: str = "site", *, uid: str = "uid-1", generation: int = 1, **spec: Any) -> dict[str, Any]:

@@ -98,6 +98,9 @@ class Facts:
     hosts_total: int = 0
     hosts_configured: int = 0
     host_problems: tuple[str, ...] = ()  # "i-0abc: Unreachable (agent ConnectionLost)"
+    hosts_not_found: tuple[
+        str, ...
+    ] = ()  # "i-0abc: no live instance in us-east-1 (unknown id or terminated)", "i-0def: terminated"
     rollout_halted: str = ""  # why the rollout stopped at maxErrors and which hosts it holds; "" = not halted
     cache_healthy: bool | None = None  # None = not probed yet
     cache_message: str = ""
@@ -156,7 +159,7 @@ def _instances_ok(facts: Facts) -> bool:
 
 
 def _hosts_ok(facts: Facts) -> bool:
-    if facts.host_problems or facts.rollout_halted:
+    if facts.host_problems or facts.rollout_halted or facts.hosts_not_found:
         return False
     if facts.hosts_total == 0:
         return facts.instances_desired == 0
@@ -197,6 +200,9 @@ def _security_group_condition(facts: Facts) -> tuple[str, str, str]:
 
 def _hosts_condition(facts: Facts) -> tuple[str, str, str]:
     counts = f"{facts.hosts_configured}/{facts.hosts_total} hosts configured"
+    if facts.hosts_not_found:  # a typo or a terminated host must not hide behind "2/2 hosts configured"
+        missing = f"not found: {_problems_text(facts.hosts_not_found)}"
+        return "False", "HostNotFound", f"{counts}; {missing}"
     if facts.rollout_halted:
         return "False", "RolloutHalted", f"{counts}; {facts.rollout_halted}"
     if facts.host_problems:
@@ -248,8 +254,12 @@ def _waiting_on(facts: Facts) -> str | None:
         return "instances to start"
     if facts.security_group_ready is None:
         return "the security group to be observed"
-    if not facts.host_problems and (
-        facts.hosts_configured < facts.hosts_total or (facts.hosts_total == 0 and facts.instances_desired)
+    if (
+        not facts.host_problems
+        and not facts.hosts_not_found
+        and (
+            facts.hosts_configured < facts.hosts_total or (facts.hosts_total == 0 and facts.instances_desired)
+        )
     ):
         return "hosts to be configured"
     if facts.cache_healthy is None:
@@ -335,7 +345,7 @@ def compute_phase(facts: Facts) -> str:
         return "Healing"
     if _all_parts_ok(facts):
         return "Ready"
-    if facts.host_problems or facts.rollout_halted or facts.cache_healthy is False:
+    if facts.host_problems or facts.rollout_halted or facts.hosts_not_found or facts.cache_healthy is False:
         return "Degraded"
     if not _instances_ok(facts) or facts.security_group_ready is not True:
         nothing_yet = facts.instances_running == 0 and facts.security_group_ready is None

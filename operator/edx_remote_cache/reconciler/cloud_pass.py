@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from edx_remote_cache.adapters.aws import RetryableAwsError, TerminalAwsError
+from edx_remote_cache.adapters.aws import EdxHostDirectory, RetryableAwsError, TerminalAwsError
 from edx_remote_cache.domain.cloud.actions import (
     ActResult,
     AuthorizeIngress,
@@ -26,7 +26,7 @@ from edx_remote_cache.domain.cloud.actions import (
 )
 from edx_remote_cache.domain.cloud.desired import desired_from_spec
 from edx_remote_cache.domain.cloud.diff import diff, endpoints
-from edx_remote_cache.domain.cloud.model import Owner
+from edx_remote_cache.domain.cloud.model import EdxHost, Owner
 from edx_remote_cache.domain.cloud.normalize import edx_security_groups
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
@@ -43,6 +43,9 @@ from edx_remote_cache.reconciler.status import StatusPublisher
 CONVERGE_BUDGET_SECONDS = 20.0  # how long one pass keeps re-observing while AWS catches up before requeueing
 REOBSERVE_DELAY_SECONDS = 0.2
 MAX_ACT_ROUNDS = 8
+# Open edX host states worth pushing to (a stopped host gets its files; its services start with it)
+LIVE_HOST_STATES = ("running", "pending", "stopped")
+GONE_HOST_STATES = ("shutting-down", "terminated")
 
 
 class CloudPass:
@@ -70,15 +73,17 @@ class CloudPass:
             lookups.image, ami=spec.instance.ami, ami_parameter=spec.instance.ami_parameter
         )
         vpc_id = await asyncio.to_thread(lookups.vpc_id, spec.instance.subnet_id)
+        directory = adapters.edx_hosts(region, float(spec.drift_interval_seconds))
         edx = await asyncio.to_thread(  # one batched read per region per drift interval, shared by all resources
-            adapters.edx_hosts(region, float(spec.drift_interval_seconds)).hosts,
+            directory.hosts,
             instance_ids=spec.openedx.hosts,
             selector=spec.openedx.host_selector or None,
         )
+        await self._account_for_named_hosts(obj, state, spec, directory, edx)
         # rollout order: spec.openedx.hosts as listed (a canary first), then hosts matched by the selector
         listed = {iid: n for n, iid in enumerate(spec.openedx.hosts)}
         edx_ids = sorted(
-            (h.instance_id for h in edx if h.state in ("running", "pending", "stopped")),
+            (h.instance_id for h in edx if h.state in LIVE_HOST_STATES),
             key=lambda iid: (listed.get(iid, len(listed)), iid),
         )
         progress = Progress.of(state.status)
@@ -160,6 +165,27 @@ class CloudPass:
             result=result,
         )
 
+    async def _account_for_named_hosts(
+        self,
+        obj: Mapping[str, Any],
+        state: ResourceState,
+        spec: EdxRemoteCacheSpec,
+        directory: EdxHostDirectory,
+        edx: Sequence[EdxHost],
+    ) -> None:
+        """`state.missing_hosts`: listed ids EC2 does not have, a selector matching nothing; an Event on change."""
+        region = spec.region
+        missing = unaccounted_hosts(spec.openedx.hosts, edx, region=region)
+        if spec.openedx.host_selector:  # answered from the read above: no second DescribeInstances
+            selected = await asyncio.to_thread(directory.hosts, selector=spec.openedx.host_selector)
+            if all(h.state in GONE_HOST_STATES for h in selected):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(spec.openedx.host_selector.items()))
+                missing += (f"openedx.hostSelector {labels} matches no live instance in {region}",)
+        if missing != state.missing_hosts and missing:
+            shown = "; ".join(missing[:10]) + (f"; and {len(missing) - 10} more" if len(missing) > 10 else "")
+            self.adapters.events(obj, "Warning", "HostNotFound", f"not found in EC2: {shown}")
+        state.missing_hosts = missing
+
     def _announce(self, obj: Mapping[str, Any], plan: Plan) -> None:
         kinds = [type(a).__name__ for a in plan.mutating]
         if not kinds:
@@ -189,6 +215,19 @@ class CloudPass:
             generation = ObjectRef.of(obj).generation
             new = self.status.build(state, Facts(generation=generation, converging=True), progress=progress)
         await self.status.write(obj, state, new, force=True)
+
+
+def unaccounted_hosts(listed: Sequence[str], found: Sequence[EdxHost], *, region: str) -> tuple[str, ...]:
+    """Each id in `openedx.hosts` that EC2 does not know or that is gone, with why: never dropped silently."""
+    states = {h.instance_id: h.state for h in found}
+    out = []
+    for iid in dict.fromkeys(listed):
+        state = states.get(iid)
+        if state is None:
+            out.append(f"{iid}: no live instance in {region} (unknown id or terminated)")
+        elif state in GONE_HOST_STATES:
+            out.append(f"{iid}: {state}")
+    return tuple(out)
 
 
 def _replacement_count(generations: Mapping[int, int]) -> int:

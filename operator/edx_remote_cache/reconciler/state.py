@@ -126,6 +126,7 @@ class ResourceState:
     # instance id -> the endpoints of its last Configured push (after a restart: status.pushedEndpoints)
     host_targets: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     retry_message: str | None = None  # the last AwsRetrying event, not repeated while the error stays
+    missing_hosts: tuple[str, ...] = ()  # named hosts EC2 does not have (or a selector matching none)
     rollout: RolloutHalt | None = None  # the halted rollout the host pass found or left (-> status.rollout)
 
 

@@ -146,6 +146,7 @@ class StatusPublisher:
             hosts_total=len(hosts),
             hosts_configured=sum(1 for h in hosts if h.state == "Configured"),
             host_problems=problems,
+            hosts_not_found=state.missing_hosts,
             rollout_halted=state.rollout.message if state.rollout is not None else "",
             converging=bool(cloud.plan.actions),
             healing=state.healing,

@@ -127,6 +127,7 @@ class ResourceState:
     host_targets: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     retry_message: str | None = None  # the last AwsRetrying event, not repeated while the error stays
     missing_hosts: tuple[str, ...] = ()  # named hosts EC2 does not have (or a selector matching none)
+    refused_change: str | None = None  # a region/subnet change refused (Stalled, yet still probed)
     rollout: RolloutHalt | None = None  # the halted rollout the host pass found or left (-> status.rollout)
 
 

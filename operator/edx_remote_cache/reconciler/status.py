@@ -195,6 +195,7 @@ class StatusPublisher:
             "hosts": [h.to_status() for h in hosts],
             "rollout": state.rollout.to_status() if state.rollout is not None else None,
             "region": spec.region,
+            "subnetId": spec.instance.subnet_id,
             "progress": progress_status(cloud.launches, cloud.replacements, Progress.of(state.status).times),
         }
 

@@ -75,6 +75,8 @@ import jsonschema
 import kmock
 import yaml
 
+from edx_remote_cache.sandbox.kube_cel import transition_errors
+
 if TYPE_CHECKING:
     import kopf
 
@@ -1145,7 +1147,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 candidate["spec"] = copy.deepcopy(old.get("spec", {}))
         if kind.has_generation and subresource != "status" and _without_meta(candidate) != _without_meta(old):
             candidate["metadata"]["generation"] = old_meta.get("generation", 1) + 1
-        self._validate(kind, candidate, name)
+        self._validate(kind, candidate, name, old)
         if candidate == old:
             return old, warnings  # a no-op: nothing written, no new resourceVersion, no watch event
         if dry_run:
@@ -1258,10 +1260,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
         kind.schema.apply_defaults(obj)
         return [f'unknown field "{path}"' for path in dropped]
 
-    def _validate(self, kind: ServedKind, obj: dict[str, Any], name: str) -> None:
+    def _validate(
+        self, kind: ServedKind, obj: dict[str, Any], name: str, old: Mapping[str, Any] | None = None
+    ) -> None:
         errors = _meta_errors(kind, obj["metadata"])
         if kind.schema is not None:
             errors += kind.schema.errors(obj)
+            if not errors:  # CEL rules (x-kubernetes-validations) run on a structurally valid object only
+                errors += [
+                    FieldError(field, "Invalid value", GoLiteral(f'"{type_}"'), message)
+                    for field, type_, message in transition_errors(kind.schema.openapi, obj, old)
+                ]
         if errors:
             raise _ApiError.invalid(kind, name, errors)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from edx_remote_cache.adapters.aws import EdxHostDirectory, RetryableAwsError, TerminalAwsError
@@ -41,7 +41,9 @@ from edx_remote_cache.reconciler.state import (
 from edx_remote_cache.reconciler.status import StatusPublisher
 
 CONVERGE_BUDGET_SECONDS = 20.0  # how long one pass keeps re-observing while AWS catches up before requeueing
-REOBSERVE_DELAY_SECONDS = 0.2
+# While AWS catches up (an instance it launched but does not list yet), the object's EC2 read is repeated at
+# most once a second: at 0.2 s, one waiting object cost ~8.5 Describe calls a second for minutes.
+REOBSERVE_DELAY_SECONDS = 1.0
 MAX_ACT_ROUNDS = 8
 # Open edX host states worth pushing to (a stopped host gets its files; its services start with it)
 LIVE_HOST_STATES = ("running", "pending", "stopped")
@@ -88,6 +90,7 @@ class CloudPass:
         )
         progress = Progress.of(state.status)
         launches, replacements, times = progress.launches, progress.replacements, progress.times
+        confirmed = set(launches if progress.confirmed is None else progress.confirmed)
         deadline = time.monotonic() + CONVERGE_BUDGET_SECONDS
         state.acted = []
         result: ActResult | None = None
@@ -108,20 +111,21 @@ class CloudPass:
                 desired=desired,
                 observed=observed,
                 now=adapters.clock(),
-                launches=launches,
+                # a token AWS never answered for is launched again at once (same token: never twice)
+                launches={t: at for t, at in launches.items() if t in confirmed},
                 replace=frozenset(state.replace),
             )
             todo = plan.mutating
             if not mutate or not todo:
-                if todo or not plan.of_type(WaitFor) or time.monotonic() > deadline:
-                    break
+                if todo or not plan.of_type(WaitFor) or time.monotonic() + REOBSERVE_DELAY_SECONDS > deadline:
+                    break  # the next pass starts from this read: no extra one
                 await asyncio.sleep(REOBSERVE_DELAY_SECONDS)  # AWS is catching up: re-observe, do not act
                 observer.invalidate(owner)
                 continue
             tokens = [a.client_token for a in todo if isinstance(a, RunInstance)]
             if tokens:  # record the launch tokens before the call: a crash right after never launches twice
                 launches = {**launches, **{t: launches.get(t, adapters.clock()) for t in tokens}}
-                await self.save_progress(obj, state, launches, replacements, times)
+                await self.save_progress(obj, state, launches, replacements, times, confirmed)
             try:
                 done = await asyncio.to_thread(
                     adapters.act, plan, clients=clients, ssm_runner=adapters.ssm(region)
@@ -130,12 +134,14 @@ class CloudPass:
                 partial = exc.partial
                 if partial is not None:
                     launches = record_launches(launches, partial, now=adapters.clock())
+                    confirmed |= {*partial.launched, *partial.spent_tokens}
                     replacements = record_replacements(replacements, partial)
-                    await self.save_progress(obj, state, launches, replacements, times)
+                    await self.save_progress(obj, state, launches, replacements, times, confirmed)
                 observer.invalidate(owner)
                 raise
             result = done
             state.acted.append(done)
+            confirmed |= {*done.launched, *done.spent_tokens}
             launches = prune_launches(
                 record_launches(launches, done, now=adapters.clock()),
                 owner_uid=owner.uid,
@@ -151,7 +157,8 @@ class CloudPass:
             observer.invalidate(owner)
             if done.ssm_unavailable:
                 state.replace |= set(done.ssm_unavailable)
-            await self.save_progress(obj, state, launches, replacements, times)
+            confirmed &= set(launches)
+            await self.save_progress(obj, state, launches, replacements, times, confirmed)
             if time.monotonic() > deadline:
                 break
         return CloudOutcome(
@@ -163,6 +170,7 @@ class CloudPass:
             launches=launches,
             replacements=replacements,
             result=result,
+            confirmed=frozenset(confirmed),
         )
 
     async def _account_for_named_hosts(
@@ -203,8 +211,9 @@ class CloudPass:
         launches: Mapping[str, float],
         replacements: Mapping[int, int],
         times: list[float],
+        confirmed: Collection[str],
     ) -> None:
-        progress = progress_status(launches, replacements, times)
+        progress = progress_status(launches, replacements, times, confirmed)
         if state.status.get("progress") == progress:
             return
         if state.status.get("conditions"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
 
@@ -143,6 +143,7 @@ class CloudOutcome:
     launches: dict[str, float]
     replacements: dict[int, int]
     result: ActResult | None
+    confirmed: frozenset[str] = frozenset()  # launch tokens AWS answered for (see Progress.confirmed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,28 +157,41 @@ class Progress:
     launches: dict[str, float]
     replacements: dict[int, int]
     times: list[float]
+    # the launch tokens AWS answered for (it launched, or refused the token): only these wait out the launch
+    # grace period; a token recorded but never answered (a crash before or during RunInstances) is retried at
+    # once with the same token, and AWS hands back the instance it may have launched or launches exactly one.
+    # None: a record from before this field (every token counts as answered).
+    confirmed: frozenset[str] | None = None
 
     @classmethod
     def of(cls, status: Mapping[str, Any]) -> Progress:
         progress = status.get("progress") or {}
+        confirmed = progress.get("confirmed")
         return cls(
             launches={str(k): float(v) for k, v in (progress.get("launches") or {}).items()},
             replacements={int(k): int(v) for k, v in (progress.get("replacements") or {}).items()},
             times=[float(t) for t in progress.get("replacementTimes") or []],
+            confirmed=None if confirmed is None else frozenset(str(t) for t in confirmed),
         )
 
     def to_status(self) -> dict[str, Any]:
-        return progress_status(self.launches, self.replacements, self.times)
+        return progress_status(self.launches, self.replacements, self.times, self.confirmed)
 
 
 def progress_status(
-    launches: Mapping[str, float], replacements: Mapping[int, int], times: Sequence[float]
+    launches: Mapping[str, float],
+    replacements: Mapping[int, int],
+    times: Sequence[float],
+    confirmed: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    return {
+    status: dict[str, Any] = {
         "launches": dict(launches),
         "replacements": {str(k): v for k, v in replacements.items()},
         "replacementTimes": list(times),
     }
+    if confirmed is not None:
+        status["confirmed"] = sorted(t for t in confirmed if t in launches)
+    return status
 
 
 @dataclasses.dataclass(frozen=True)

@@ -196,7 +196,9 @@ class StatusPublisher:
             "rollout": state.rollout.to_status() if state.rollout is not None else None,
             "region": spec.region,
             "subnetId": spec.instance.subnet_id,
-            "progress": progress_status(cloud.launches, cloud.replacements, Progress.of(state.status).times),
+            "progress": progress_status(
+                cloud.launches, cloud.replacements, Progress.of(state.status).times, cloud.confirmed
+            ),
         }
 
     def health(self, state: ResourceState, results: Sequence[ProbeResult]) -> dict[str, Any] | None:

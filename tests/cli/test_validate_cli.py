@@ -60,3 +60,47 @@ def test_unreadable_input_exits_2(
         path.write_text(content)
     assert main(["validate", str(path)]) == 2
     assert str(path) in capsys.readouterr().err
+
+
+def test_aws_flags_host_ids_ec2_does_not_know_or_that_are_terminated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moto_server import aws_test_server
+
+    with aws_test_server() as server:
+        ec2 = server.clients().ec2
+        launched = ec2.run_instances(ImageId=server.ami_id, MinCount=2, MaxCount=2, InstanceType="t3.micro")
+        real, gone = (i["InstanceId"] for i in launched["Instances"])
+        ec2.terminate_instances(InstanceIds=[gone])
+        made_up = "i-0123456789abcdef0"
+        path = tmp_path / "site.yaml"
+        path.write_text(
+            "apiVersion: cache.openedx.org/v1alpha1\nkind: EdxRemoteCache\n"
+            "metadata: {name: site, namespace: openedx}\n"
+            "spec:\n  region: us-east-1\n  instance: {subnetId: subnet-0a1b2c3d4e5f60718}\n"
+            f"  openedx: {{hosts: [{real}, {made_up}, {gone}]}}\n"
+        )
+        for key, value in {
+            "AWS_ENDPOINT_URL": server.endpoint_url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }.items():
+            monkeypatch.setenv(key, value)
+        assert main(["validate", str(path)]) == 0, "offline, the ids are only checked for their form"
+        assert main(["validate", "--aws", str(path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"{path}: openedx/site: spec.openedx.hosts[1]: {made_up}: no live instance in us-east-1 (unknown id or terminated)",
+        f"{path}: openedx/site: spec.openedx.hosts[2]: {gone}: no live instance in us-east-1 (unknown id or terminated)",
+    ]
+
+
+def test_aws_without_a_reachable_ec2_is_an_error_not_valid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    assert main(["validate", "--aws", str(ROOT / "examples" / "minimal.yaml")]) == 2
+    assert "--aws: cannot look the hosts up in EC2" in capsys.readouterr().err

@@ -51,7 +51,9 @@ def test_an_offline_ssm_agent_makes_its_host_unreachable_and_the_rest_still_conf
     good, offline = sandbox.edx_hosts
     sandbox.faults.agent_offline(offline)
     try:
-        cache = Cache.create(sandbox, "offline", NS)
+        # maxErrors 1: an offline agent counts as an error, and at the default 0 the rollout would halt
+        # (tests/e2e/test_rollout.py); here the host is retried every interval until its agent is back
+        cache = Cache.create(sandbox, "offline", NS, openedx={"rollout": {"maxErrors": 1}})
         obj = cache.wait(
             lambda o: (
                 {h["instanceId"]: h["state"] for h in (o.get("status") or {}).get("hosts") or []}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -71,12 +72,18 @@ class FakeObserver:
         self.cloud = cloud
         self.invalidations = 0
         self.fetched_at: float | None = None
+        self.reads: list[float] = []  # time.monotonic() of every read EC2 would see (first, after invalidate)
+        self._stale = True
 
     def observe(self, owner: model.Owner, *, adopt_instance_ids: Sequence[str] = ()) -> model.ObservedCloud:
+        if self._stale:  # like the region observer: a fresh read only when this owner's part is stale
+            self.reads.append(time.monotonic())
+            self._stale = False
         return self.cloud.observed()
 
     def invalidate(self, owner: model.Owner | None = None) -> None:
         self.invalidations += 1
+        self._stale = True
 
 
 class FakeLookups:
@@ -88,9 +95,18 @@ class FakeLookups:
 
 
 class FakeEdxHosts:
-    def hosts(self, *, instance_ids: Sequence[str], selector: Any = None) -> list[model.EdxHost]:
+    """EC2's view of the Open edX hosts: every id asked for is running unless `state` says otherwise."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, str] = {}  # instance id -> EC2 state; "" = EC2 does not know the id
+        self.selected: list[str] = []  # what any hostSelector matches
+
+    def hosts(self, *, instance_ids: Sequence[str] = (), selector: Any = None) -> list[model.EdxHost]:
+        ids = dict.fromkeys([*instance_ids, *(self.selected if selector else ())])
         return [
-            model.EdxHost(i, f"10.0.1.{n + 10}", (EDX_GROUP,), "running") for n, i in enumerate(instance_ids)
+            model.EdxHost(i, f"10.0.1.{n + 10}", (EDX_GROUP,), self.state.get(i, "running"))
+            for n, i in enumerate(ids)
+            if self.state.get(i, "running")
         ]
 
 
@@ -136,10 +152,13 @@ class FakeCloud:
         self.journal = journal
         self.instances: list[model.ObservedInstance] = []
         self.groups: list[model.ObservedSecurityGroup] = []
+        self.hidden: set[str] = set()  # launched, not listed yet (EC2's eventual consistency)
         self._ids = itertools.count(1)
 
     def observed(self) -> model.ObservedCloud:
-        live = tuple(i for i in self.instances if i.state not in model.GONE_STATES)
+        live = tuple(
+            i for i in self.instances if i.state not in model.GONE_STATES and i.instance_id not in self.hidden
+        )
         gone = tuple(i.client_token for i in self.instances if i.state in model.GONE_STATES)
         return model.ObservedCloud(instances=live, security_groups=tuple(self.groups), gone_tokens=gone)
 
@@ -173,6 +192,14 @@ class FakeCloud:
                                                                          for r in action.rules))
                         if g.group_id == gid else g for g in self.groups
                     ]  # fmt: skip
+                case actions.RunInstance() if any(
+                    i.client_token == action.client_token for i in self.instances
+                ):
+                    # ClientToken idempotency: the instance this token already launched, not a second one
+                    launched[action.client_token] = next(
+                        i.instance_id for i in self.instances if i.client_token == action.client_token
+                    )
+                    generations[action.index] = action.generation
                 case actions.RunInstance():
                     n = next(self._ids)
                     iid = f"i-0c{n:015x}"
@@ -263,6 +290,7 @@ class World:
     memcached: FakeMemcached
     events: list[tuple[str, str, str]]
     adapters: Adapters
+    edx: FakeEdxHosts
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
@@ -302,7 +330,7 @@ def world() -> World:
         revert_hosts=hosts.revert_hosts,
         probe_all=memcached.probe_all,
     )
-    return World(journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters)
+    return World(journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters, edx)
 
 
 def cache(name: str = "site", *, uid: str = "uid-1", generation: int = 1, **spec: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ async def test_a_rolled_back_host_waits_out_a_doubling_back_off_and_the_good_hos
     w = world()
     w.hosts.fail[BAD] = "RolledBack"
     reconciler = Reconciler(w.adapters)
-    obj = cache()
+    obj = cache(openedx={"rollout": {"maxErrors": 1}})  # within the limit (at maxErrors 0 the rollout halts)
     for _ in range(3):
         await run(reconciler, obj, trigger="spec")
     assert pushes_to(w, BAD) == 1 and pushes_to(w, EDX_HOSTS[0]) == 1

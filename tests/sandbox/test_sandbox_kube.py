@@ -381,6 +381,21 @@ def test_schema_validation_defaults_and_pruning(
     )
 
 
+def test_cel_transition_rules_make_region_and_subnet_immutable(kube: KubeApi) -> None:
+    kube.create(erc("moving"))
+    with pytest.raises(KubeApiError) as err:
+        kube.patch_spec(
+            NS, "moving", {"region": "eu-west-1", "instance": {"subnetId": "subnet-0fffffffffffffff0"}}
+        )
+    assert err.value.code == 422 and err.value.reason == "Invalid"
+    assert 'spec.region: Invalid value: "string": spec.region cannot change in place' in err.value.message
+    assert "create a new EdxRemoteCache in the new region" in err.value.message
+    fields = {c["field"] for c in err.value.body["details"]["causes"]}
+    assert fields == {"spec.region", "spec.instance.subnetId"}
+    assert kube.get(NS, "moving")["spec"]["region"] == "us-east-1"
+    assert kube.patch_spec(NS, "moving", {"paused": True})["metadata"]["generation"] == 2  # the rest changes
+
+
 @pytest.mark.timeout(60)
 def test_watch_honours_resource_version(kube: KubeApi, make_operator: Callable[..., Operator]) -> None:
     operator = start(make_operator())

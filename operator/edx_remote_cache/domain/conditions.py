@@ -27,10 +27,12 @@ __all__ = [
     "HEARTBEAT_FIELDS",
     "LATENCY_BUCKETS_MS",
     "PHASES",
+    "ROLLOUT_ERROR_STATES",
     "Facts",
     "bucket_latency_ms",
     "compute_conditions",
     "compute_phase",
+    "count_rollout_errors",
     "health_status",
     "rfc3339",
     "status_changed",
@@ -65,6 +67,12 @@ HEARTBEAT_FIELDS: tuple[tuple[str, ...], ...] = (("health", "lastProbeTime"), ("
 # 1-2-5 buckets: loopback/same-AZ jitter (0.1-0.9 ms) all lands in "1", real slowdowns still show.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
 
+# Host push states that count against `openedx.rollout.maxErrors`: a restart or verify that failed (RolledBack),
+# a push that could not be done (Failed: unreadable, unparseable or templated files), a file a human changed
+# (Conflict), and an agent that was offline (Unreachable). Nothing was written to an Unreachable host, but it
+# still runs the old LOCATIONs while the rest move: pushing on would split the site across two caches.
+ROLLOUT_ERROR_STATES: frozenset[str] = frozenset({"Conflict", "RolledBack", "Failed", "Unreachable"})
+
 _MAX_LISTED_PROBLEMS = 5
 _START_TIME_TOLERANCE = timedelta(seconds=5)
 _AWS_CODE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9.]*)\s*[:(]")
@@ -91,6 +99,10 @@ class Facts:
     hosts_total: int = 0
     hosts_configured: int = 0
     host_problems: tuple[str, ...] = ()  # "i-0abc: Unreachable (agent ConnectionLost)"
+    hosts_not_found: tuple[
+        str, ...
+    ] = ()  # "i-0abc: no live instance in us-east-1 (unknown id or terminated)", "i-0def: terminated"
+    rollout_halted: str = ""  # why the rollout stopped at maxErrors and which hosts it holds; "" = not halted
     cache_healthy: bool | None = None  # None = not probed yet
     cache_message: str = ""
     cold_cache: bool = False  # fresh cache after a replacement: hit ratio ~0 is expected, not a failure
@@ -148,7 +160,7 @@ def _instances_ok(facts: Facts) -> bool:
 
 
 def _hosts_ok(facts: Facts) -> bool:
-    if facts.host_problems:
+    if facts.host_problems or facts.rollout_halted or facts.hosts_not_found:
         return False
     if facts.hosts_total == 0:
         return facts.instances_desired == 0
@@ -189,6 +201,11 @@ def _security_group_condition(facts: Facts) -> tuple[str, str, str]:
 
 def _hosts_condition(facts: Facts) -> tuple[str, str, str]:
     counts = f"{facts.hosts_configured}/{facts.hosts_total} hosts configured"
+    if facts.hosts_not_found:  # a typo or a terminated host must not hide behind "2/2 hosts configured"
+        missing = f"not found: {_problems_text(facts.hosts_not_found)}"
+        return "False", "HostNotFound", f"{counts}; {missing}"
+    if facts.rollout_halted:
+        return "False", "RolloutHalted", f"{counts}; {facts.rollout_halted}"
     if facts.host_problems:
         return "False", "HostProblems", f"{counts}; {_problems_text(facts.host_problems)}"
     if facts.hosts_total == 0:
@@ -238,8 +255,12 @@ def _waiting_on(facts: Facts) -> str | None:
         return "instances to start"
     if facts.security_group_ready is None:
         return "the security group to be observed"
-    if not facts.host_problems and (
-        facts.hosts_configured < facts.hosts_total or (facts.hosts_total == 0 and facts.instances_desired)
+    if (
+        not facts.host_problems
+        and not facts.hosts_not_found
+        and (
+            facts.hosts_configured < facts.hosts_total or (facts.hosts_total == 0 and facts.instances_desired)
+        )
     ):
         return "hosts to be configured"
     if facts.cache_healthy is None:
@@ -257,6 +278,8 @@ def _reconciling_condition(facts: Facts) -> tuple[str, str, str]:
         return "False", "Paused", f"reconciliation is paused ({facts.paused_by}); nothing will be changed"
     if facts.healing:
         return "True", "Healing", f"healing: {facts.healing}"
+    if facts.rollout_halted and not facts.converging:
+        return "False", "RolloutHalted", "the host rollout is halted at rollout.maxErrors until resumed"
     if facts.converging:
         return "True", "Progressing", "applying changes to reach the desired state"
     waiting = _waiting_on(facts)
@@ -323,12 +346,17 @@ def compute_phase(facts: Facts) -> str:
         return "Healing"
     if _all_parts_ok(facts):
         return "Ready"
-    if facts.host_problems or facts.cache_healthy is False:
+    if facts.host_problems or facts.rollout_halted or facts.hosts_not_found or facts.cache_healthy is False:
         return "Degraded"
     if not _instances_ok(facts) or facts.security_group_ready is not True:
         nothing_yet = facts.instances_running == 0 and facts.security_group_ready is None
         return "Pending" if nothing_yet and not facts.converging else "Provisioning"
     return "Configuring"
+
+
+def count_rollout_errors(states: Iterable[str]) -> int:
+    """How many of these host states count against rollout.maxErrors (see ROLLOUT_ERROR_STATES)."""
+    return sum(1 for state in states if state in ROLLOUT_ERROR_STATES)
 
 
 def _heartbeat_trie(fields: Iterable[tuple[str, ...]]) -> dict[str, Any]:

@@ -458,3 +458,27 @@ def parse_spec(raw: Mapping[str, Any] | None) -> EdxRemoteCacheSpec:
     if problems:
         raise SpecError(problems)
     return spec
+
+
+def immutable_changes(spec: EdxRemoteCacheSpec, status: Mapping[str, Any]) -> list[str]:
+    """The fields AWS cannot change in place that differ from where the object's resources live (its status).
+
+    The CRD refuses these changes too (a CEL transition rule); this covers an apiserver without CEL, a CRD
+    applied late, and `kubectl replace --force`-style edits that slip past it.
+    """
+    changes = []
+    region = status.get("region")
+    if region and region != spec.region:
+        changes.append(f"spec.region {region} -> {spec.region}")
+    subnet = status.get("subnetId")
+    if subnet and subnet != spec.instance.subnet_id:
+        changes.append(f"spec.instance.subnetId {subnet} -> {spec.instance.subnet_id}")
+    return changes
+
+
+def where_it_runs(spec: EdxRemoteCacheSpec, status: Mapping[str, Any]) -> EdxRemoteCacheSpec:
+    """``spec`` with the region and subnet the resources were created in (probing, healing and teardown use it)."""
+    instance = spec.instance.model_copy(
+        update={"subnet_id": status.get("subnetId") or spec.instance.subnet_id}
+    )
+    return spec.model_copy(update={"region": status.get("region") or spec.region, "instance": instance})

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from edx_remote_cache.adapters.aws import RetryableAwsError, TerminalAwsError
+from edx_remote_cache.adapters.aws import EdxHostDirectory, RetryableAwsError, TerminalAwsError
 from edx_remote_cache.domain.cloud.actions import (
     ActResult,
     AuthorizeIngress,
@@ -26,7 +26,7 @@ from edx_remote_cache.domain.cloud.actions import (
 )
 from edx_remote_cache.domain.cloud.desired import desired_from_spec
 from edx_remote_cache.domain.cloud.diff import diff, endpoints
-from edx_remote_cache.domain.cloud.model import Owner
+from edx_remote_cache.domain.cloud.model import EdxHost, Owner
 from edx_remote_cache.domain.cloud.normalize import edx_security_groups
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec, instance_architecture
@@ -41,8 +41,13 @@ from edx_remote_cache.reconciler.state import (
 from edx_remote_cache.reconciler.status import StatusPublisher
 
 CONVERGE_BUDGET_SECONDS = 20.0  # how long one pass keeps re-observing while AWS catches up before requeueing
-REOBSERVE_DELAY_SECONDS = 0.2
+# While AWS catches up (an instance it launched but does not list yet), the object's EC2 read is repeated at
+# most once a second: at 0.2 s, one waiting object cost ~8.5 Describe calls a second for minutes.
+REOBSERVE_DELAY_SECONDS = 1.0
 MAX_ACT_ROUNDS = 8
+# Open edX host states worth pushing to (a stopped host gets its files; its services start with it)
+LIVE_HOST_STATES = ("running", "pending", "stopped")
+GONE_HOST_STATES = ("shutting-down", "terminated")
 
 
 class CloudPass:
@@ -73,19 +78,22 @@ class CloudPass:
             architecture=instance_architecture(spec.instance.instance_type),
         )
         vpc_id = await asyncio.to_thread(lookups.vpc_id, spec.instance.subnet_id)
+        directory = adapters.edx_hosts(region, float(spec.drift_interval_seconds))
         edx = await asyncio.to_thread(  # one batched read per region per drift interval, shared by all resources
-            adapters.edx_hosts(region, float(spec.drift_interval_seconds)).hosts,
+            directory.hosts,
             instance_ids=spec.openedx.hosts,
             selector=spec.openedx.host_selector or None,
         )
+        await self._account_for_named_hosts(obj, state, spec, directory, edx)
         # rollout order: spec.openedx.hosts as listed (a canary first), then hosts matched by the selector
         listed = {iid: n for n, iid in enumerate(spec.openedx.hosts)}
         edx_ids = sorted(
-            (h.instance_id for h in edx if h.state in ("running", "pending", "stopped")),
+            (h.instance_id for h in edx if h.state in LIVE_HOST_STATES),
             key=lambda iid: (listed.get(iid, len(listed)), iid),
         )
         progress = Progress.of(state.status)
         launches, replacements, times = progress.launches, progress.replacements, progress.times
+        confirmed = set(launches if progress.confirmed is None else progress.confirmed)
         deadline = time.monotonic() + CONVERGE_BUDGET_SECONDS
         state.acted = []
         result: ActResult | None = None
@@ -107,20 +115,21 @@ class CloudPass:
                 desired=desired,
                 observed=observed,
                 now=adapters.clock(),
-                launches=launches,
+                # a token AWS never answered for is launched again at once (same token: never twice)
+                launches={t: at for t, at in launches.items() if t in confirmed},
                 replace=frozenset(state.replace),
             )
             todo = plan.mutating
             if not mutate or not todo:
-                if todo or not plan.of_type(WaitFor) or time.monotonic() > deadline:
-                    break
+                if todo or not plan.of_type(WaitFor) or time.monotonic() + REOBSERVE_DELAY_SECONDS > deadline:
+                    break  # the next pass starts from this read: no extra one
                 await asyncio.sleep(REOBSERVE_DELAY_SECONDS)  # AWS is catching up: re-observe, do not act
                 observer.invalidate(owner)
                 continue
             tokens = [a.client_token for a in todo if isinstance(a, RunInstance)]
             if tokens:  # record the launch tokens before the call: a crash right after never launches twice
                 launches = {**launches, **{t: launches.get(t, adapters.clock()) for t in tokens}}
-                await self.save_progress(obj, state, launches, replacements, times)
+                await self.save_progress(obj, state, launches, replacements, times, confirmed)
             try:
                 done = await asyncio.to_thread(
                     adapters.act, plan, clients=clients, ssm_runner=adapters.ssm(region)
@@ -129,12 +138,14 @@ class CloudPass:
                 partial = exc.partial
                 if partial is not None:
                     launches = record_launches(launches, partial, now=adapters.clock())
+                    confirmed |= {*partial.launched, *partial.spent_tokens}
                     replacements = record_replacements(replacements, partial)
-                    await self.save_progress(obj, state, launches, replacements, times)
+                    await self.save_progress(obj, state, launches, replacements, times, confirmed)
                 observer.invalidate(owner)
                 raise
             result = done
             state.acted.append(done)
+            confirmed |= {*done.launched, *done.spent_tokens}
             launches = prune_launches(
                 record_launches(launches, done, now=adapters.clock()),
                 owner_uid=owner.uid,
@@ -150,7 +161,8 @@ class CloudPass:
             observer.invalidate(owner)
             if done.ssm_unavailable:
                 state.replace |= set(done.ssm_unavailable)
-            await self.save_progress(obj, state, launches, replacements, times)
+            confirmed &= set(launches)
+            await self.save_progress(obj, state, launches, replacements, times, confirmed)
             if time.monotonic() > deadline:
                 break
         return CloudOutcome(
@@ -162,7 +174,29 @@ class CloudPass:
             launches=launches,
             replacements=replacements,
             result=result,
+            confirmed=frozenset(confirmed),
         )
+
+    async def _account_for_named_hosts(
+        self,
+        obj: Mapping[str, Any],
+        state: ResourceState,
+        spec: EdxRemoteCacheSpec,
+        directory: EdxHostDirectory,
+        edx: Sequence[EdxHost],
+    ) -> None:
+        """`state.missing_hosts`: listed ids EC2 does not have, a selector matching nothing; an Event on change."""
+        region = spec.region
+        missing = unaccounted_hosts(spec.openedx.hosts, edx, region=region)
+        if spec.openedx.host_selector:  # answered from the read above: no second DescribeInstances
+            selected = await asyncio.to_thread(directory.hosts, selector=spec.openedx.host_selector)
+            if all(h.state in GONE_HOST_STATES for h in selected):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(spec.openedx.host_selector.items()))
+                missing += (f"openedx.hostSelector {labels} matches no live instance in {region}",)
+        if missing != state.missing_hosts and missing:
+            shown = "; ".join(missing[:10]) + (f"; and {len(missing) - 10} more" if len(missing) > 10 else "")
+            self.adapters.events(obj, "Warning", "HostNotFound", f"not found in EC2: {shown}")
+        state.missing_hosts = missing
 
     def _announce(self, obj: Mapping[str, Any], plan: Plan) -> None:
         kinds = [type(a).__name__ for a in plan.mutating]
@@ -181,8 +215,9 @@ class CloudPass:
         launches: Mapping[str, float],
         replacements: Mapping[int, int],
         times: list[float],
+        confirmed: Collection[str],
     ) -> None:
-        progress = progress_status(launches, replacements, times)
+        progress = progress_status(launches, replacements, times, confirmed)
         if state.status.get("progress") == progress:
             return
         if state.status.get("conditions"):
@@ -193,6 +228,19 @@ class CloudPass:
             generation = ObjectRef.of(obj).generation
             new = self.status.build(state, Facts(generation=generation, converging=True), progress=progress)
         await self.status.write(obj, state, new, force=True)
+
+
+def unaccounted_hosts(listed: Sequence[str], found: Sequence[EdxHost], *, region: str) -> tuple[str, ...]:
+    """Each id in `openedx.hosts` that EC2 does not know or that is gone, with why: never dropped silently."""
+    states = {h.instance_id: h.state for h in found}
+    out = []
+    for iid in dict.fromkeys(listed):
+        state = states.get(iid)
+        if state is None:
+            out.append(f"{iid}: no live instance in {region} (unknown id or terminated)")
+        elif state in GONE_HOST_STATES:
+            out.append(f"{iid}: {state}")
+    return tuple(out)
 
 
 def _replacement_count(generations: Mapping[int, int]) -> int:

@@ -50,7 +50,7 @@ class Healer:
         spec = state.spec
         if spec is None or not spec.healing.enabled or is_paused(obj, spec):
             return None
-        if state.stalled_generation is not None:
+        if state.stalled_generation is not None or state.refused_change:
             return None  # stalled (e.g. by the replacement limit): nothing is probed or healed until the spec changes
         if state.consecutive_failures < spec.probe.failure_threshold:
             if state.healing and state.consecutive_failures == 0:

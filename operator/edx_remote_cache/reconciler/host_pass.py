@@ -3,6 +3,13 @@
 Which hosts are due (new, pending, retargeted by a scale-up or a replacement, drifted, or a failed host whose
 back-off is over) is decided here; the push itself (read, plan, apply, verify, roll back) is the host_push
 adapter's. The host-file drift check is one batched SSM command per region per interval, shared by every object.
+
+The rollout limits are decided here too, across passes: hosts are pushed in waves of `rollout.maxConcurrency`,
+and once more than `rollout.maxErrors` hosts are in an error state (domain.conditions.ROLLOUT_ERROR_STATES,
+offline agents included) the rollout halts. The halt is kept in `status.rollout` and holds every host of the
+object, the failed ones too, until the spec changes or RESUME_ANNOTATION gets a new value: a later pass (or a
+restarted operator) that pushed the held hosts would split the site across two caches, which is what
+`maxErrors: 0` is there to prevent.
 """
 
 from __future__ import annotations
@@ -14,8 +21,18 @@ from typing import Any
 
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.host_push import HostPushResult, expected_files
+from edx_remote_cache.domain.conditions import ROLLOUT_ERROR_STATES, count_rollout_errors
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
-from edx_remote_cache.reconciler.state import Adapters, CloudOutcome, HostAttempt, ObjectRef, ResourceState
+from edx_remote_cache.reconciler.state import (
+    RESUME_ANNOTATION,
+    Adapters,
+    CloudOutcome,
+    HostAttempt,
+    ObjectRef,
+    ResourceState,
+    RolloutHalt,
+    annotation,
+)
 
 # A RolledBack / Failed / Conflict host is pushed again after a back-off that doubles from MIN to MAX, or at
 # once when the spec or the endpoints change (each retry of a rollback restarts its services twice).
@@ -42,11 +59,14 @@ class HostPass:
         trigger: str,
     ) -> list[HostPushResult]:
         previous = {h["instanceId"]: HostPushResult.from_status(h) for h in state.status.get("hosts") or []}
+        generation = ObjectRef.of(obj).generation
+        state.rollout = self._halt_in_force(obj, state, generation, mutate=mutate)
+        if state.rollout is not None:  # nothing is pushed, drift is not re-applied: a human looks first
+            return held_results(state.rollout, cloud.edx_hosts, previous)
         targets = cloud.endpoints
         complete = len(targets) == spec.instance.replicas and bool(targets)
         if not complete or not cloud.edx_hosts:
             return [previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
-        generation = ObjectRef.of(obj).generation
         pushed = list(state.status.get("pushedEndpoints") or [])
         due = [h for h in cloud.edx_hosts if self.host_due(state, previous.get(h), generation, targets)]
         configured = [h for h in cloud.edx_hosts if h in previous and previous[h].state == "Configured"]
@@ -78,23 +98,91 @@ class HostPass:
         old = [*pushed, *(state.status.get("endpoints") or [])]
         old += [e for h in todo for e in state.host_targets.get(h, ())]
         replace = list(dict.fromkeys([*old, *targets]))
-        results = await asyncio.to_thread(
-            self.adapters.push_hosts,
-            ssm=self.adapters.ssm(spec.region),
-            hosts=todo,
-            openedx=spec.openedx,
-            endpoints=list(targets),
-            replace=replace,
-            port=spec.memcached.port,
-            previous=previous,
-        )
-        fresh = {r.instance_id: self._record(obj, state, r, previous.get(r.instance_id), generation, targets)
-                 for r in results}  # fmt: skip
+        max_errors = spec.openedx.rollout.max_errors
+        fresh: dict[str, HostPushResult] = {}
+        wave_size = max(1, spec.openedx.rollout.max_concurrency)
+        for start in range(0, len(todo), wave_size):
+            results = await asyncio.to_thread(
+                self.adapters.push_hosts,
+                ssm=self.adapters.ssm(spec.region),
+                hosts=todo[start : start + wave_size],
+                openedx=spec.openedx,
+                endpoints=list(targets),
+                replace=replace,
+                port=spec.memcached.port,
+                previous=previous,
+            )
+            for r in results:
+                fresh[r.instance_id] = self._record(
+                    obj, state, r, previous.get(r.instance_id), generation, targets
+                )
+            queued = set(todo[start + wave_size :])  # their old results do not count: they are not done yet
+            final = [fresh.get(h) or previous.get(h) for h in cloud.edx_hosts if h not in queued]
+            if count_rollout_errors(r.state for r in final if r is not None) > max_errors:
+                break
         merged = [fresh.get(h) or previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
         checker.expect(expected_files(fresh.values()))  # checked from the next batched check on
+        if count_rollout_errors(r.state for r in merged) > max_errors:
+            state.rollout = self._halt(obj, generation, max_errors, merged, todo=todo, pushed=fresh)
+            return held_results(state.rollout, cloud.edx_hosts, previous | fresh)
         if all(r.state == "Configured" for r in merged):
             state.status["pushedEndpoints"] = list(targets)
         return merged
+
+    def _halt_in_force(
+        self, obj: Mapping[str, Any], state: ResourceState, generation: int, *, mutate: bool
+    ) -> RolloutHalt | None:
+        """The halt recorded in status, unless the spec changed since or a human resumed the rollout."""
+        halt = RolloutHalt.of(state.status)
+        if halt is None or halt.generation != generation:
+            return None  # a new generation starts its rollout afresh
+        token = annotation(obj, RESUME_ANNOTATION)
+        if not mutate or not token or token == halt.resume_seen:
+            return halt
+        for host in halt.failed:  # retried at once, not after their back-off
+            state.host_attempts.pop(host, None)
+        self.adapters.events(
+            obj,
+            "Normal",
+            "RolloutResumed",
+            f"{RESUME_ANNOTATION}={token}: pushing {', '.join(halt.held)}"
+            if halt.held
+            else f"{RESUME_ANNOTATION}={token}: retrying {', '.join(halt.failed)}",
+        )
+        return None
+
+    def _halt(
+        self,
+        obj: Mapping[str, Any],
+        generation: int,
+        max_errors: int,
+        merged: Sequence[HostPushResult],
+        *,
+        todo: Sequence[str],
+        pushed: Mapping[str, HostPushResult],
+    ) -> RolloutHalt:
+        """Stop the rollout: which hosts are done, which failed (and why), which are held; one Event."""
+        failed = [r for r in merged if r.state in ROLLOUT_ERROR_STATES]
+        # held: due this pass but not reached (a retargeted host keeps its old files), or never pushed
+        held = [r.instance_id for r in merged if r.instance_id in todo and r.instance_id not in pushed]
+        held += [r.instance_id for r in merged if r.state == "Pending" and r.instance_id not in held]
+        done = [r.instance_id for r in merged if r.state == "Configured" and r.instance_id not in held]
+        reasons = "; ".join(f"{r.instance_id}: {r.state} ({r.message})" for r in failed)
+        message = (
+            f"rollout halted: {len(failed)} host(s) failed, more than rollout.maxErrors={max_errors}: {reasons}; "
+            + (f"held, not touched: {', '.join(held)}; " if held else "")
+            + f"fix the cause, then set the annotation {RESUME_ANNOTATION} to a new value (or change the spec)"
+        )
+        self.adapters.events(obj, "Warning", "RolloutHalted", message)
+        return RolloutHalt(
+            generation=generation,
+            max_errors=max_errors,
+            done=tuple(done),
+            failed=tuple(r.instance_id for r in failed),
+            held=tuple(held),
+            message=message,
+            resume_seen=annotation(obj, RESUME_ANNOTATION),
+        )
 
     def _record(
         self,
@@ -170,3 +258,19 @@ class HostPass:
         drift = float(state.spec.drift_interval_seconds) if state.spec is not None else 60.0
         wait = min(HOST_RETRY_MAX_SECONDS, max(HOST_RETRY_MIN_SECONDS, 2 * drift) * 2 ** (last.failures - 1))
         return bool(self.adapters.clock() - last.time >= wait)
+
+
+def held_results(
+    halt: RolloutHalt, hosts: Sequence[str], previous: Mapping[str, HostPushResult]
+) -> list[HostPushResult]:
+    """Every host's result while the rollout is halted: its last one, a held host's as Pending saying why."""
+    out = []
+    for host in hosts:
+        last = previous.get(host)
+        if last is not None and last.state != "Pending":
+            out.append(last)
+            continue
+        carried = last.local_endpoints if last is not None else ()
+        message = "held: the rollout is halted at rollout.maxErrors (see status.rollout)"
+        out.append(HostPushResult(host, "Pending", message=message, local_endpoints=carried))
+    return out

@@ -21,7 +21,13 @@ from edx_remote_cache.adapters.aws import RetryableAwsError, TerminalAwsError
 from edx_remote_cache.adapters.probe import ProbeResult
 from edx_remote_cache.domain.cloud.actions import WaitFor
 from edx_remote_cache.domain.conditions import Facts
-from edx_remote_cache.domain.spec import SpecError, parse_spec
+from edx_remote_cache.domain.spec import (
+    EdxRemoteCacheSpec,
+    SpecError,
+    immutable_changes,
+    parse_spec,
+    where_it_runs,
+)
 from edx_remote_cache.reconciler.cloud_pass import CloudPass
 from edx_remote_cache.reconciler.healing import Healer
 from edx_remote_cache.reconciler.host_pass import HostPass
@@ -118,6 +124,11 @@ class Reconciler:
             state.stalled_generation = ref.generation
             await self.status.publish(obj, state, Facts(generation=ref.generation, spec_error=str(exc)))
             return
+        moved = immutable_changes(spec, state.status)
+        if moved:
+            await self._refuse_move(obj, state, spec, ref, moved)
+            return
+        state.refused_change = None
         state.spec = spec
         if state.stalled_generation == ref.generation and trigger != "spec":
             return  # terminal until the spec changes: no retry loop
@@ -140,8 +151,33 @@ class Reconciler:
         await self.status.publish(obj, state, facts, **self.status.cloud_parts(cloud, spec, hosts, state))
         if cloud.plan.mutating or cloud.plan.of_type(WaitFor):
             raise RequeueError("cloud resources are still converging", delay=2.0)
-        if not paused and any(h.state == "Pending" for h in hosts):
+        if not paused and state.rollout is None and any(h.state == "Pending" for h in hosts):
             raise RequeueError("hosts are pending", delay=5.0)
+
+    async def _refuse_move(
+        self,
+        obj: Mapping[str, Any],
+        state: ResourceState,
+        spec: EdxRemoteCacheSpec,
+        ref: ObjectRef,
+        moved: list[str],
+    ) -> None:
+        """Stalled on a region/subnet change, with no AWS call; the running cache is still probed and reported.
+
+        Not `stalled_generation`: that would stop the probes too, and the cache that still serves the site
+        would go unmonitored (what happened before the operator refused the change).
+        """
+        state.spec = where_it_runs(
+            spec, state.status
+        )  # probing, healing checks and teardown stay where it runs
+        state.refused_change = (
+            f"ImmutableField: {'; '.join(moved)} cannot change in place (AWS cannot move a cache host); "
+            "create a new EdxRemoteCache there, then delete this one, or change the spec back. "
+            "The running cache is still probed."
+        )
+        facts = state.facts or Facts(generation=ref.generation)
+        facts = dataclasses.replace(facts, generation=ref.generation, terminal_error=state.refused_change)
+        await self.status.publish(obj, state, facts)
 
     async def _retrying(
         self, obj: Mapping[str, Any], state: ResourceState, ref: ObjectRef, exc: RetryableAwsError
@@ -172,6 +208,7 @@ class Reconciler:
         except SpecError:
             return  # never acted on: nothing in AWS is ours
         state = self.state(obj)
+        spec = where_it_runs(spec, state.status)  # a refused region/subnet change: delete where things are
         async with state.lock:
             await self.teardown_step.run(obj, state, spec, retry=retry)
         self.forget(obj)

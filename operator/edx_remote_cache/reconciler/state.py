@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -29,6 +29,9 @@ from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 
 PAUSE_ANNOTATION = "edx-remote-cache.openedx.org/paused"
+# Set (to any new value) to resume a rollout halted at openedx.rollout.maxErrors; the value present when the
+# rollout halted does not count, so an old annotation never resumes a new halt by itself.
+RESUME_ANNOTATION = "edx-remote-cache.openedx.org/resume-rollout"
 
 
 class RequeueError(Exception):
@@ -120,6 +123,9 @@ class ResourceState:
     # instance id -> the endpoints of its last Configured push (after a restart: status.pushedEndpoints)
     host_targets: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     retry_message: str | None = None  # the last AwsRetrying event, not repeated while the error stays
+    missing_hosts: tuple[str, ...] = ()  # named hosts EC2 does not have (or a selector matching none)
+    refused_change: str | None = None  # a region/subnet change refused (Stalled, yet still probed)
+    rollout: RolloutHalt | None = None  # the halted rollout the host pass found or left (-> status.rollout)
 
 
 @dataclasses.dataclass
@@ -134,6 +140,7 @@ class CloudOutcome:
     launches: dict[str, float]
     replacements: dict[int, int]
     result: ActResult | None
+    confirmed: frozenset[str] = frozenset()  # launch tokens AWS answered for (see Progress.confirmed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,28 +154,89 @@ class Progress:
     launches: dict[str, float]
     replacements: dict[int, int]
     times: list[float]
+    # the launch tokens AWS answered for (it launched, or refused the token): only these wait out the launch
+    # grace period; a token recorded but never answered (a crash before or during RunInstances) is retried at
+    # once with the same token, and AWS hands back the instance it may have launched or launches exactly one.
+    # None: a record from before this field (every token counts as answered).
+    confirmed: frozenset[str] | None = None
 
     @classmethod
     def of(cls, status: Mapping[str, Any]) -> Progress:
         progress = status.get("progress") or {}
+        confirmed = progress.get("confirmed")
         return cls(
             launches={str(k): float(v) for k, v in (progress.get("launches") or {}).items()},
             replacements={int(k): int(v) for k, v in (progress.get("replacements") or {}).items()},
             times=[float(t) for t in progress.get("replacementTimes") or []],
+            confirmed=None if confirmed is None else frozenset(str(t) for t in confirmed),
         )
 
     def to_status(self) -> dict[str, Any]:
-        return progress_status(self.launches, self.replacements, self.times)
+        return progress_status(self.launches, self.replacements, self.times, self.confirmed)
 
 
 def progress_status(
-    launches: Mapping[str, float], replacements: Mapping[int, int], times: Sequence[float]
+    launches: Mapping[str, float],
+    replacements: Mapping[int, int],
+    times: Sequence[float],
+    confirmed: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    return {
+    status: dict[str, Any] = {
         "launches": dict(launches),
         "replacements": {str(k): v for k, v in replacements.items()},
         "replacementTimes": list(times),
     }
+    if confirmed is not None:
+        status["confirmed"] = sorted(t for t in confirmed if t in launches)
+    return status
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutHalt:
+    """`status.rollout`: a host rollout stopped at `openedx.rollout.maxErrors`, held across passes.
+
+    Kept in status (not only in memory) so that neither the next pass nor an operator restart pushes the held
+    hosts: only a new generation or a new value of RESUME_ANNOTATION lets the rollout go on.
+    """
+
+    generation: int
+    max_errors: int
+    done: tuple[str, ...]
+    failed: tuple[str, ...]
+    held: tuple[str, ...]
+    message: str
+    resume_seen: str = ""  # RESUME_ANNOTATION's value when the rollout halted
+
+    @classmethod
+    def of(cls, status: Mapping[str, Any]) -> RolloutHalt | None:
+        rollout = status.get("rollout")
+        if not isinstance(rollout, Mapping) or not rollout.get("halted"):
+            return None
+        return cls(
+            generation=int(rollout.get("generation") or 0),
+            max_errors=int(rollout.get("maxErrors") or 0),
+            done=tuple(str(h) for h in rollout.get("done") or ()),
+            failed=tuple(str(h) for h in rollout.get("failed") or ()),
+            held=tuple(str(h) for h in rollout.get("held") or ()),
+            message=str(rollout.get("message") or ""),
+            resume_seen=str(rollout.get("resumeSeen") or ""),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        return {
+            "halted": True,
+            "generation": self.generation,
+            "maxErrors": self.max_errors,
+            "done": list(self.done),
+            "failed": list(self.failed),
+            "held": list(self.held),
+            "message": self.message,
+            "resumeSeen": self.resume_seen,
+        }
+
+
+def annotation(obj: Mapping[str, Any], key: str) -> str:
+    return str(((obj.get("metadata") or {}).get("annotations") or {}).get(key) or "")
 
 
 def pause_switch(obj: Mapping[str, Any], spec: EdxRemoteCacheSpec | None) -> str | None:

@@ -147,6 +147,8 @@ class StatusPublisher:
             hosts_total=len(hosts),
             hosts_configured=sum(1 for h in hosts if h.state == "Configured"),
             host_problems=problems,
+            hosts_not_found=state.missing_hosts,
+            rollout_halted=state.rollout.message if state.rollout is not None else "",
             converging=bool(cloud.plan.actions),
             healing=state.healing,
             **self.probe_facts(state, spec),
@@ -192,8 +194,12 @@ class StatusPublisher:
             "securityGroupId": group.group_id if group else None,
             "endpoints": list(cloud.endpoints),
             "hosts": [h.to_status() for h in hosts],
+            "rollout": state.rollout.to_status() if state.rollout is not None else None,
             "region": spec.region,
-            "progress": progress_status(cloud.launches, cloud.replacements, Progress.of(state.status).times),
+            "subnetId": spec.instance.subnet_id,
+            "progress": progress_status(
+                cloud.launches, cloud.replacements, Progress.of(state.status).times, cloud.confirmed
+            ),
         }
 
     def health(self, state: ResourceState, results: Sequence[ProbeResult]) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from typing import Any
 import kmock
 
 from . import apply as fields
+from .cel import transition_errors
 from .errors import ApiError, FieldError, GoLiteral, utc_now
 from .kinds import NAMESPACES_KEY, ServedKind
 from .requests import GENERATE_NAME_ALPHABET, SERVER_MANAGED_META, RequestRecord, meta_errors, without_meta
@@ -304,7 +305,7 @@ class KubeStore(kmock.KubernetesEmulator):
             )
         if not candidate["metadata"].get("managedFields"):
             candidate["metadata"].pop("managedFields", None)
-        self._validate(kind, candidate, name)
+        self._validate(kind, candidate, name, old)
         if candidate == old:
             return old, warnings  # a no-op: nothing written, no new resourceVersion, no watch event
         if dry_run:
@@ -422,9 +423,16 @@ class KubeStore(kmock.KubernetesEmulator):
             f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: strict decoding error: {unknown}'
         )
 
-    def _validate(self, kind: ServedKind, obj: dict[str, Any], name: str) -> None:
+    def _validate(
+        self, kind: ServedKind, obj: dict[str, Any], name: str, old: Mapping[str, Any] | None = None
+    ) -> None:
         errors = meta_errors(kind, obj["metadata"])
         if kind.schema is not None:
             errors += kind.schema.errors(obj)
+            if not errors:  # CEL rules (x-kubernetes-validations) run on a structurally valid object only
+                errors += [
+                    FieldError(field, "Invalid value", GoLiteral(f'"{type_}"'), message)
+                    for field, type_, message in transition_errors(kind.schema.openapi, obj, old)
+                ]
         if errors:
             raise ApiError.invalid(kind, name, errors)

@@ -15,27 +15,7 @@ from edx_remote_cache.adapters.aws.errors import (
 )
 from edx_remote_cache.adapters.ports import SsmRunner
 from edx_remote_cache.adapters.ssm import SsmError
-from edx_remote_cache.domain.cloud.actions import (
-    Action,
-    ActResult,
-    AttachSecurityGroup,
-    AuthorizeIngress,
-    CreateSecurityGroup,
-    DeleteSecurityGroup,
-    DetachSecurityGroup,
-    HardenMetadata,
-    ModifyInstanceType,
-    Plan,
-    ReconfigureMemcached,
-    RevokeIngress,
-    RunInstance,
-    StartInstance,
-    StopInstance,
-    TagResources,
-    TerminateInstance,
-    UntagResources,
-    WaitFor,
-)
+from edx_remote_cache.domain.cloud import actions
 from edx_remote_cache.domain.cloud.model import CONFIG_HASH_TAG, GONE_STATES, IngressRule
 from edx_remote_cache.domain.cloud.normalize import rule_from_security_group_rule
 
@@ -62,11 +42,11 @@ class _Progress:
     reconfigured: list[str] = field(default_factory=list)
     ssm_unavailable: list[str] = field(default_factory=list)
     deleted_groups: list[str] = field(default_factory=list)
-    waiting: list[WaitFor] = field(default_factory=list)
+    waiting: list[actions.WaitFor] = field(default_factory=list)
     mutations: int = 0
 
-    def result(self) -> ActResult:
-        return ActResult(
+    def result(self) -> actions.ActResult:
+        return actions.ActResult(
             launched=dict(self.launched),
             spent_tokens=tuple(self.spent),
             generations=dict(self.generations),
@@ -96,7 +76,7 @@ class _Executor:
     def group(self, group_id: str | None) -> str:
         resolved = group_id or self.progress.group_id
         if resolved is None:
-            raise ValueError("plan refers to the new security group before CreateSecurityGroup")
+            raise ValueError("plan refers to the new security group before actions.CreateSecurityGroup")
         return resolved
 
     def own_group_missing(self, exc: AwsError) -> AwsError:
@@ -106,11 +86,11 @@ class _Executor:
             return RetryableAwsError(exc.code, exc.message, operation=exc.operation)
         return exc
 
-    def run(self, action: Action) -> None:
+    def run(self, action: actions.Action) -> None:
         handler = getattr(self, f"_{type(action).__name__}")
         handler(action)
 
-    def _CreateSecurityGroup(self, a: CreateSecurityGroup) -> None:
+    def _CreateSecurityGroup(self, a: actions.CreateSecurityGroup) -> None:
         spec = [{"ResourceType": "security-group", "Tags": _aws_tags(a.tags)}]
         response = self.mutate(
             "create_security_group",
@@ -134,7 +114,7 @@ class _Executor:
         self.progress.group_id = groups[0]["GroupId"]
         self.mutate("create_tags", Resources=[self.progress.group_id], Tags=_aws_tags(a.tags))
 
-    def _AuthorizeIngress(self, a: AuthorizeIngress) -> None:
+    def _AuthorizeIngress(self, a: actions.AuthorizeIngress) -> None:
         group_id = self.group(a.group_id)
         try:
             response = self.mutate(
@@ -154,7 +134,7 @@ class _Executor:
             "authorize_security_group_ingress", GroupId=group_id, IpPermissions=[rule.to_ip_permission()]
         )
 
-    def _RevokeIngress(self, a: RevokeIngress) -> None:
+    def _RevokeIngress(self, a: actions.RevokeIngress) -> None:
         ids = list(a.rule_ids)
         unnamed = [r.rule for r in a.rules if not r.rule_id]
         if unnamed:
@@ -180,7 +160,7 @@ class _Executor:
                         "revoke_security_group_ingress", GroupId=a.group_id, SecurityGroupRuleIds=[rid]
                     )
 
-    def _RunInstance(self, a: RunInstance) -> None:
+    def _RunInstance(self, a: actions.RunInstance) -> None:
         ebs: dict[str, Any] = {
             "VolumeSize": a.root_volume_gib,
             "VolumeType": "gp3",
@@ -235,27 +215,27 @@ class _Executor:
         self.progress.launched[a.client_token] = instance["InstanceId"]
         self.progress.generations[a.index] = a.generation
 
-    def _StartInstance(self, a: StartInstance) -> None:
+    def _StartInstance(self, a: actions.StartInstance) -> None:
         self.mutate("start_instances", InstanceIds=[a.instance_id])
         self.progress.started.append(a.instance_id)
 
-    def _StopInstance(self, a: StopInstance) -> None:
+    def _StopInstance(self, a: actions.StopInstance) -> None:
         self.mutate("stop_instances", InstanceIds=[a.instance_id])
         self.progress.stopped.append(a.instance_id)
 
-    def _ModifyInstanceType(self, a: ModifyInstanceType) -> None:
+    def _ModifyInstanceType(self, a: actions.ModifyInstanceType) -> None:
         self.mutate(
             "modify_instance_attribute", InstanceId=a.instance_id, InstanceType={"Value": a.instance_type}
         )
 
-    def _TerminateInstance(self, a: TerminateInstance) -> None:
+    def _TerminateInstance(self, a: actions.TerminateInstance) -> None:
         self.mutate("terminate_instances", InstanceIds=[a.instance_id])
         self.progress.terminated.append(a.instance_id)
 
-    def _TagResources(self, a: TagResources) -> None:
+    def _TagResources(self, a: actions.TagResources) -> None:
         self.mutate("create_tags", Resources=list(a.resource_ids), Tags=_aws_tags(a.tags))
 
-    def _UntagResources(self, a: UntagResources) -> None:
+    def _UntagResources(self, a: actions.UntagResources) -> None:
         tags = [{"Key": k} for k in a.keys]
         for chunk in _chunks(list(a.resource_ids)):
             try:
@@ -275,7 +255,7 @@ class _Executor:
         else:
             self.mutate("modify_instance_attribute", InstanceId=instance_id, Groups=groups)
 
-    def _AttachSecurityGroup(self, a: AttachSecurityGroup) -> None:
+    def _AttachSecurityGroup(self, a: actions.AttachSecurityGroup) -> None:
         try:
             self._set_groups(
                 a.instance_id, a.network_interface_id, [*a.keep_group_ids, self.group(a.group_id)]
@@ -283,7 +263,7 @@ class _Executor:
         except AwsError as exc:
             raise self.own_group_missing(exc) from exc
 
-    def _DetachSecurityGroup(self, a: DetachSecurityGroup) -> None:
+    def _DetachSecurityGroup(self, a: actions.DetachSecurityGroup) -> None:
         keep = list(a.keep_group_ids)
         if not keep:  # an interface needs one group: fall back to the VPC's default group
             keep = [self._default_group(a.instance_id)]
@@ -299,7 +279,7 @@ class _Executor:
         )
         return str((groups or {})["SecurityGroups"][0]["GroupId"])
 
-    def _HardenMetadata(self, a: HardenMetadata) -> None:
+    def _HardenMetadata(self, a: actions.HardenMetadata) -> None:
         self.mutate(
             "modify_instance_metadata_options",
             InstanceId=a.instance_id,
@@ -308,7 +288,7 @@ class _Executor:
             HttpEndpoint="enabled",
         )
 
-    def _ReconfigureMemcached(self, a: ReconfigureMemcached) -> None:
+    def _ReconfigureMemcached(self, a: actions.ReconfigureMemcached) -> None:
         if self.ssm_runner is None:
             self.progress.ssm_unavailable.append(a.instance_id)
             return
@@ -340,15 +320,15 @@ class _Executor:
         )
         self.progress.reconfigured.append(a.instance_id)
 
-    def _DeleteSecurityGroup(self, a: DeleteSecurityGroup) -> None:
+    def _DeleteSecurityGroup(self, a: actions.DeleteSecurityGroup) -> None:
         self.mutate("delete_security_group", GroupId=a.group_id)
         self.progress.deleted_groups.append(a.group_id)
 
-    def _WaitFor(self, a: WaitFor) -> None:
+    def _WaitFor(self, a: actions.WaitFor) -> None:
         self.progress.waiting.append(a)
 
 
-def act(plan: Plan, *, clients: AwsClients, ssm_runner: SsmRunner | None = None) -> ActResult:
+def act(plan: actions.Plan, *, clients: AwsClients, ssm_runner: SsmRunner | None = None) -> actions.ActResult:
     """Execute `plan` in order and report what changed.
 
     Stops early (without raising) when a client token turns out to be spent, so a replacement never

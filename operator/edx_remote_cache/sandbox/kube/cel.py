@@ -24,6 +24,8 @@ from typing import Any
 
 import celpy
 
+from .schema import json_type
+
 __all__ = ["transition_errors", "without_cel"]
 
 _MISSING = object()
@@ -47,21 +49,6 @@ def _program(rule: str) -> Any:
     return env.program(env.compile(rule))
 
 
-def _type_name(value: Any) -> str:
-    """The value as apiserver CEL errors show it: its OpenAPI type, not the value itself."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
-
-
 def _holds(rule: str, new: Any, old: Any) -> bool:
     activation = {"self": celpy.json_to_cel(new)}
     if old is not _MISSING:
@@ -81,7 +68,7 @@ def _walk(
         if "oldSelf" in rule and old is _MISSING:
             continue  # a transition rule: only when there is an old value to compare with
         if not _holds(rule, new, old):
-            errors.append((path, _type_name(new), str(entry.get("message") or f"failed rule: {rule}")))
+            errors.append((path, json_type(new), str(entry.get("message") or f"failed rule: {rule}")))
     if not isinstance(new, Mapping):
         return
     for key, child in (schema.get("properties") or {}).items():

@@ -14,7 +14,8 @@ from edx_remote_cache.domain import crd
 from .errors import FieldError, go_value
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The value's JSON/OpenAPI type name, as the apiserver's messages show it (never the value itself)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -127,7 +128,7 @@ class StructuralSchema:
             ]
         if rule == "type":
             expected = ",".join(limit) if isinstance(limit, list) else limit
-            kind = _json_type(value)
+            kind = json_type(value)
             return [FieldError(path, "Invalid value", kind, f'{where} must be of type {expected}: "{kind}"')]
         if rule == "enum":
             supported = ", ".join(go_value(v) for v in limit)
@@ -152,5 +153,5 @@ class StructuralSchema:
             "anyOf": f"{where} must validate one and only one schema (anyOf)",
         }
         if isinstance(value, (dict, list)) and rule not in ("minItems", "uniqueItems"):
-            value = _json_type(value)
+            value = json_type(value)
         return [FieldError(path, "Invalid value", value, details.get(rule, f"{where}: {err.message}"))]

@@ -152,3 +152,18 @@ async def test_stalled_by_the_replacement_limit_keeps_probing_and_leaves_stalled
     assert w.status.condition("Stalled")["status"] == "False"
     assert w.status.condition("Ready")["status"] == "True"
     assert "Recovered" in w.reasons()
+
+
+async def test_a_new_spec_lifts_the_replacement_limit_stall() -> None:
+    w, reconciler, obj, _, endpoint = await ready(healing={"maxReplacementsPerHour": 0})
+    await fail_probes(w, reconciler, obj, endpoint)
+    await reconciler.heal(obj)
+    w.clock.advance(PATIENCE + 1)
+    assert await reconciler.heal(obj) == "RateLimited"
+    raised = {**obj, "metadata": {**obj["metadata"], "generation": 2}}
+    raised["spec"] = {**obj["spec"], "healing": {"maxReplacementsPerHour": 5}}
+    with contextlib.suppress(RequeueError):
+        await reconciler.reconcile(raised)
+    await reconciler.probe_once(raised)
+    assert await reconciler.heal(raised) == "ReplaceInstance"
+    assert w.status.condition("Stalled")["status"] == "False"

@@ -87,8 +87,11 @@ class Healer:
             if state.consecutive_failures == 0:
                 await self._all_clear(obj, state, spec)
             return None
-        if state.heal_stall:
+        if state.heal_stall and state.heal_stall_generation == ObjectRef.of(obj).generation:
             return None  # the replacement limit: probed and reported, lifted when the cache answers again
+        if state.heal_stall:  # a new spec (e.g. a higher maxReplacementsPerHour): the ladder may go on
+            state.heal_stall = None
+            await self._republish(obj, state, spec)
         by_endpoint = {
             f"{i.get('privateIp')}:{spec.memcached.port}": i for i in state.status.get("instances") or []
         }
@@ -298,6 +301,7 @@ class Healer:
             )
             state.healing = None
             state.heal_stall = message  # not stalled_generation: the cache is still probed, and this lifts
+            state.heal_stall_generation = ref.generation
             facts = dataclasses.replace(state.facts or Facts(ref.generation), terminal_error=message)
             await self.status.publish(obj, state, facts)
             self.adapters.events(obj, "Warning", "HealingRateLimited", message)

@@ -133,7 +133,10 @@ class ResourceState:
     doubt: Doubt | None = (
         None  # probes fail, nothing confirmed it: CacheHealthy=Unknown (reconciler/healing.py)
     )
-    heal_stall: str | None = None  # Stalled by the replacement limit; lifts by itself when the cache answers
+    heal_stall: str | None = (
+        None  # Stalled by the replacement limit; lifts when the cache answers or the spec changes
+    )
+    heal_stall_generation: int = 0
 
 
 @dataclasses.dataclass

@@ -232,7 +232,12 @@ def security_group(sb: Sandbox, group_id: str) -> dict[str, Any] | None:
     return dict(groups[0]) if groups else None
 
 
-READ_ONLY_COMMANDS = ("edx-remote-cache drift", "edx-remote-cache read", "edx-remote-cache read chunk")
+READ_ONLY_COMMANDS = (
+    "edx-remote-cache drift",
+    "edx-remote-cache read",
+    "edx-remote-cache read chunk",
+    "edx-remote-cache second opinion (read-only)",
+)
 
 
 def mutations(sb: Sandbox, since: float | None = None) -> list[Any]:

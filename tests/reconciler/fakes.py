@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -47,22 +48,49 @@ class Clock:
 class CommandResult:
     ok: bool = True
     status: str = "Success"
+    stdout: str = ""
+    stderr: str = ""
 
 
 class FakeSsm:
-    """SSM as the healing ladder uses it: agent ping status and one script run per call."""
+    """SSM as the healing ladder uses it: agent ping status and one script run per call.
 
-    def __init__(self, journal: list[tuple[str, ...]]) -> None:
+    The agent of a cache host that is not running is ConnectionLost. The second opinion (the read-only script
+    of domain/vantage.py) is answered from `FakeMemcached`: an endpoint that is `down` is down on its host too,
+    one that is only `blocked` (the operator's path) answers there. Asks are journalled as ("ask", id), so the
+    ("ssm", ...) entries stay the commands that change something.
+    """
+
+    def __init__(self, journal: list[tuple[str, ...]], cloud: FakeCloud, memcached: FakeMemcached) -> None:
         self.journal = journal
+        self.cloud = cloud
+        self.memcached = memcached
         self.ping: dict[str, str] = {}
         self.script_ok = True
 
     def ping_statuses(self, instance_ids: Sequence[str]) -> dict[str, str]:
-        return {i: self.ping.get(i, "Online") for i in instance_ids}
+        states = {i.instance_id: i.state for i in self.cloud.instances}
+        out = {}
+        for i in instance_ids:
+            default = "Online" if states.get(i, "running") == "running" else "ConnectionLost"
+            out[i] = self.ping.get(i, default)
+        return out
 
     def run_script(
         self, instance_id: str, script: str, *, timeout: float = 60, comment: str = ""
     ) -> CommandResult:
+        if "second opinion" in script:
+            self.journal.append(("ask", instance_id))
+            address = re.search(r"\n\s+(\S+) (\d+) 2>&1\)", script)
+            assert address is not None, script
+            kind = self.memcached.down.get(f"{address.group(1)}:{address.group(2)}")
+            if kind is None:
+                answer = "ERC-UNIT active\nERC-STATS ok 1234\nERC-END\n"
+            elif kind == "timeout":
+                answer = "ERC-UNIT active\nERC-STATS fail 124 -\nERC-END\n"
+            else:
+                answer = "ERC-UNIT failed\nERC-STATS fail 1 Y29ubmVjdGlvbiByZWZ1c2Vk\nERC-END\n"
+            return CommandResult(stdout=answer)
         self.journal.append(("ssm", instance_id, script.strip()))
         return CommandResult(ok=self.script_ok, status="Success" if self.script_ok else "Failed")
 
@@ -257,17 +285,19 @@ class FakeHosts:
 
 
 class FakeMemcached:
-    """Probe results per endpoint: healthy unless an endpoint is marked down."""
+    """Probe results per endpoint: healthy unless an endpoint is marked down (on its host too) or blocked (only
+    the operator's path: its host still answers the second opinion)."""
 
     def __init__(self) -> None:
         self.down: dict[str, str] = {}  # endpoint -> error kind
+        self.blocked: set[str] = set()  # endpoints only the operator cannot reach (they time out)
         self.rounds = 0
 
     async def probe_all(self, targets: Sequence[str], **_: Any) -> list[ProbeResult]:
         self.rounds += 1
         out = []
         for endpoint in targets:
-            kind = self.down.get(endpoint)
+            kind = self.down.get(endpoint) or ("timeout" if endpoint in self.blocked else None)
             if kind:
                 out.append(ProbeResult(endpoint, reachable=False, error_kind=kind, error=f"{kind} (fake)"))
             else:
@@ -304,10 +334,10 @@ def world() -> World:
     clock = Clock()
     cloud = FakeCloud(journal)
     observer = FakeObserver(cloud)
-    ssm = FakeSsm(journal)
     status = FakeStatus(journal)
     hosts = FakeHosts(journal)
     memcached = FakeMemcached()
+    ssm = FakeSsm(journal, cloud, memcached)
     events: list[tuple[str, str, str]] = []
     lookups, edx, drift = FakeLookups(), FakeEdxHosts(), FakeDrift()
 
@@ -329,6 +359,7 @@ def world() -> World:
         push_hosts=hosts.push_hosts,
         revert_hosts=hosts.revert_hosts,
         probe_all=memcached.probe_all,
+        probe_source_address=lambda endpoint: "10.0.200.7",  # the operator's pod address
     )
     return World(journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters, edx)
 

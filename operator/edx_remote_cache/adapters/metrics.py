@@ -110,6 +110,18 @@ class Metrics:
             "edx_remote_cache_heal_actions_total", "healing actions taken", ("namespace", "name", "action"),
             registry=registry,
         )  # fmt: skip
+        self.probe_path_blocked = Gauge(
+            "edx_remote_cache_probe_path_blocked",
+            "1 while the operator cannot reach a cache that its own host (and the Open edX hosts) can",
+            ("namespace", "name"),
+            registry=registry,
+        )
+        self.healing_suspended = Gauge(
+            "edx_remote_cache_healing_suspended",
+            "1 while the mass-failure breaker suspends destructive healing in a region",
+            ("region",),
+            registry=registry,
+        )
         self.aws_calls = Counter(
             "edx_remote_cache_aws_api_calls_total", "AWS API calls by service and operation", ("service", "operation"),
             registry=registry,
@@ -125,7 +137,7 @@ class Metrics:
         """Every labelled metric whose series belong to one EdxRemoteCache."""
         return (
             self.up, self.uptime, self.curr_connections, self.max_connections, self.bytes, self.limit_bytes,
-            self.probe_latency, self.heals, self.status_writes,
+            self.probe_latency, self.heals, self.status_writes, self.probe_path_blocked,
         )  # fmt: skip
 
     def record_probe(self, namespace: str, name: str, result: Any) -> None:

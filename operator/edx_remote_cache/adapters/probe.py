@@ -813,3 +813,16 @@ def probe_many(
             client_factory=client_factory,
         )
     )
+
+
+def source_address(endpoint: str) -> str | None:
+    """The address this process's probes to ``endpoint`` leave from (what a security group or network ACL
+    must allow), as the kernel's route lookup picks it. A UDP ``connect`` sends no packet: it only routes."""
+    try:
+        host, port = parse_endpoint(endpoint)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, port))
+            return str(sock.getsockname()[0])
+    except (OSError, InvalidEndpoint, ValueError):
+        return None

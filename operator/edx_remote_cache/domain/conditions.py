@@ -105,6 +105,10 @@ class Facts:
     rollout_halted: str = ""  # why the rollout stopped at maxErrors and which hosts it holds; "" = not halted
     cache_healthy: bool | None = None  # None = not probed yet
     cache_message: str = ""
+    # CacheHealthy=Unknown with this reason (ProbePathBlocked, HealingSuspended): the operator's probes fail but
+    # nothing confirmed the cache is down; cache_served says another vantage sees it answer (Ready follows that)
+    cache_unknown_reason: str = ""
+    cache_served: bool = False
     cold_cache: bool = False  # fresh cache after a replacement: hit ratio ~0 is expected, not a failure
     converging: bool = False  # the plan still has actions
     healing: str | None = None  # current heal step, e.g. "replacing i-0abc (unreachable for 5m)"
@@ -169,11 +173,13 @@ def _hosts_ok(facts: Facts) -> bool:
 
 def _all_parts_ok(facts: Facts) -> bool:
     return (
-        _instances_ok(facts)
-        and facts.security_group_ready is True
-        and _hosts_ok(facts)
-        and facts.cache_healthy is True
+        _instances_ok(facts) and facts.security_group_ready is True and _hosts_ok(facts) and _cache_ok(facts)
     )
+
+
+def _cache_ok(facts: Facts) -> bool:
+    """The site's cache answers: from the operator, or (its own path blocked) from the hosts that use it."""
+    return facts.cache_healthy is True or facts.cache_served
 
 
 # ------------------------------------------------------------------------------------- part conditions
@@ -219,6 +225,8 @@ def _hosts_condition(facts: Facts) -> tuple[str, str, str]:
 
 def _cache_condition(facts: Facts) -> tuple[str, str, str]:
     extra = facts.cache_message
+    if facts.cache_unknown_reason:
+        return "Unknown", facts.cache_unknown_reason, extra
     if facts.cache_healthy is None:
         return "Unknown", "CacheNotProbed", extra or "cache not probed yet"
     if not facts.cache_healthy:
@@ -240,7 +248,11 @@ def _ready_condition(facts: Facts, parts: Mapping[str, tuple[str, str, str]]) ->
         return "False", stalled[0], stalled[1]
     if facts.healing:
         return "False", "Healing", f"healing: {facts.healing}"
-    failing = [(t, reason, msg) for t, (status, reason, msg) in parts.items() if status != "True"]
+    failing = [
+        (t, reason, msg)
+        for t, (status, reason, msg) in parts.items()
+        if status != "True" and not (t == "CacheHealthy" and facts.cache_served)
+    ]
     if not failing:
         message = "; ".join(msg for _, _, msg in parts.values())
         return "True", "Ready", f"paused; {message}" if facts.paused else message
@@ -263,7 +275,7 @@ def _waiting_on(facts: Facts) -> str | None:
         )
     ):
         return "hosts to be configured"
-    if facts.cache_healthy is None:
+    if facts.cache_healthy is None and not facts.cache_served and not facts.cache_unknown_reason:
         return "the first cache probe"
     return None
 
@@ -346,7 +358,8 @@ def compute_phase(facts: Facts) -> str:
         return "Healing"
     if _all_parts_ok(facts):
         return "Ready"
-    if facts.host_problems or facts.rollout_halted or facts.hosts_not_found or facts.cache_healthy is False:
+    cache_doubtful = facts.cache_healthy is False or bool(facts.cache_unknown_reason)
+    if facts.host_problems or facts.rollout_halted or facts.hosts_not_found or cache_doubtful:
         return "Degraded"
     if not _instances_ok(facts) or facts.security_group_ready is not True:
         nothing_yet = facts.instances_running == 0 and facts.security_group_ready is None

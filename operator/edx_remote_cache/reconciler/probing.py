@@ -1,5 +1,9 @@
 """Probing: one round over an object's endpoints, into metrics, CacheHealthy and `status.health`.
 
+Every round also feeds the region's failure onsets (reconciler/vantage.py), which the breaker reads. A stalled
+object is probed like any other: its status keeps telling whether the cache answers, and a stall caused by the
+replacement limit lifts by itself when it does (the healing ladder clears it).
+
 A round that changes nothing a user sees and finds no heartbeat due writes nothing (the common case at scale:
 500 idle caches probed every 5 s make ~0.5 status writes a minute in all).
 """
@@ -14,12 +18,16 @@ from edx_remote_cache.adapters.probe import ProbeResult
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.reconciler.state import Adapters, ObjectRef, ResourceState
 from edx_remote_cache.reconciler.status import StatusPublisher, steady
+from edx_remote_cache.reconciler.vantage import RegionOnsets
 
 
 class Prober:
-    def __init__(self, adapters: Adapters, status: StatusPublisher) -> None:
+    def __init__(
+        self, adapters: Adapters, status: StatusPublisher, onsets: RegionOnsets | None = None
+    ) -> None:
         self.adapters = adapters
         self.status = status
+        self.onsets = onsets if onsets is not None else RegionOnsets()
 
     async def probe(
         self, obj: Mapping[str, Any], state: ResourceState, spec: EdxRemoteCacheSpec, targets: Sequence[str]
@@ -36,13 +44,14 @@ class Prober:
         )
         for r in results:
             self.adapters.metrics.record_probe(ref.namespace, ref.name, r)
+        self.onsets.record(spec.region, ref.uid, results, self.adapters.clock())
         return results
 
     async def probe_once(self, obj: Mapping[str, Any], state: ResourceState) -> list[ProbeResult]:
         """One probe round from the daemon: updates health, conditions and (when due) the heartbeat."""
         async with state.lock:  # a pass may be running: read what it leaves behind, not what it started from
             spec, facts = state.spec, state.facts
-            if spec is None or facts is None or state.stalled_generation is not None:
+            if spec is None or facts is None:  # stalled objects too: Stalled is not blind
                 return []
             targets = list(state.status.get("endpoints") or [])
             results = await self.probe(obj, state, spec, targets)

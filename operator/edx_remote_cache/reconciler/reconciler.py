@@ -44,6 +44,7 @@ from edx_remote_cache.reconciler.state import (
 )
 from edx_remote_cache.reconciler.status import StatusPublisher
 from edx_remote_cache.reconciler.teardown import Teardown
+from edx_remote_cache.reconciler.vantage import RegionOnsets
 
 
 class Reconciler:
@@ -55,8 +56,11 @@ class Reconciler:
         self.status = StatusPublisher(adapters)
         self.cloud = CloudPass(adapters, self.status)
         self.hosts = HostPass(adapters)
-        self.prober = Prober(adapters, self.status)
-        self.healer = Healer(adapters, self.status, lambda obj: self.reconcile(obj, trigger="heal"))
+        self.onsets = RegionOnsets()  # every endpoint's failure onset, per region: the breaker's input
+        self.prober = Prober(adapters, self.status, self.onsets)
+        self.healer = Healer(
+            adapters, self.status, lambda obj: self.reconcile(obj, trigger="heal"), self.onsets
+        )
         self.teardown_step = Teardown(adapters)
 
     # ------------------------------------------------------------------------------------------ memory
@@ -75,6 +79,7 @@ class Reconciler:
     def forget(self, obj: Mapping[str, Any]) -> None:
         ref = ObjectRef.of(obj)
         self.states.pop(ref.uid, None)
+        self.onsets.forget(ref.uid)
         self.adapters.metrics.forget(ref.namespace, ref.name)
 
     # ------------------------------------------------------------------------------------------ passes

@@ -27,6 +27,7 @@ from edx_remote_cache.domain.cloud.desired import DesiredCacheHost
 from edx_remote_cache.domain.cloud.model import ObservedCloud, Owner
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
+from edx_remote_cache.domain.vantage import Doubt, HostOpinion
 
 PAUSE_ANNOTATION = "edx-remote-cache.openedx.org/paused"
 # Set (to any new value) to resume a rollout halted at openedx.rollout.maxErrors; the value present when the
@@ -64,6 +65,7 @@ class Adapters:
     push_hosts: Callable[..., list[HostPushResult]] = host_push.push_hosts
     revert_hosts: Callable[..., list[HostPushResult]] = host_push.revert_hosts
     probe_all: Callable[..., Awaitable[list[ProbeResult]]] = probe.probe_all
+    probe_source_address: Callable[[str], str | None] = probe.source_address  # named in ProbePathBlocked
 
 
 class ObjectRef(NamedTuple):
@@ -126,6 +128,15 @@ class ResourceState:
     missing_hosts: tuple[str, ...] = ()  # named hosts EC2 does not have (or a selector matching none)
     refused_change: str | None = None  # a region/subnet change refused (Stalled, yet still probed)
     rollout: RolloutHalt | None = None  # the halted rollout the host pass found or left (-> status.rollout)
+    # the healing ladder's second opinions: instance id -> (asked at, what its cache host said)
+    opinions: dict[str, tuple[float, HostOpinion]] = dataclasses.field(default_factory=dict)
+    doubt: Doubt | None = (
+        None  # probes fail, nothing confirmed it: CacheHealthy=Unknown (reconciler/healing.py)
+    )
+    heal_stall: str | None = (
+        None  # Stalled by the replacement limit; lifts when the cache answers or the spec changes
+    )
+    heal_stall_generation: int = 0
 
 
 @dataclasses.dataclass

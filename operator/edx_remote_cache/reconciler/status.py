@@ -151,25 +151,32 @@ class StatusPublisher:
             rollout_halted=state.rollout.message if state.rollout is not None else "",
             converging=bool(cloud.plan.actions),
             healing=state.healing,
+            terminal_error=state.heal_stall,  # the replacement limit: still probed, lifts when the cache answers
             **self.probe_facts(state, spec),
         )
 
     def probe_facts(self, state: ResourceState, spec: EdxRemoteCacheSpec) -> dict[str, Any]:
         """CacheHealthy's inputs: unhealthy after failureThreshold failures (at once when refused)."""
         results = state.last_probe
+        clear = {"cache_unknown_reason": "", "cache_served": False}
         if not results:
-            return {"cache_healthy": None, "cache_message": ""}
+            return {"cache_healthy": None, "cache_message": "", **clear}
         bad = [r for r in results if not r.healthy]
+        if bad and state.doubt is not None:  # failing from here, not confirmed (reconciler/healing.py)
+            doubt = state.doubt
+            return {"cache_healthy": None, "cache_message": doubt.message,
+                    "cache_unknown_reason": doubt.reason, "cache_served": doubt.served}  # fmt: skip
         threshold = spec.probe.failure_threshold
         if bad and (state.consecutive_failures >= threshold or any(r.error_kind == "refused" for r in bad)):
             message = "; ".join(f"{r.endpoint}: {r.error_kind} ({r.error})" for r in bad)
-            return {"cache_healthy": False, "cache_message": message}
+            return {"cache_healthy": False, "cache_message": message, **clear}
         times = Progress.of(state.status).times
         cold = bool(times) and self.adapters.clock() - max(times) < COLD_CACHE_SECONDS
         return {
             "cache_healthy": True,
             "cache_message": f"{len(results)} endpoint(s) answer",
             "cold_cache": cold,
+            **clear,
         }
 
     def cloud_parts(

@@ -1,465 +1,39 @@
-"""``edx-remote-cache demo`` (``make demo``): the operator's whole loop in the sandbox VPC, narrated, in well under a
-minute.
-
-The story, one step at a time, each with a timeout so the demo can never hang:
-
- 1. sandbox     start the sandbox cloud: a Kubernetes API (CRD installed), AWS (EC2 + SSM, moto), two Open edX
-                app servers (their ``/edx`` is a directory here); the APIs on 127.0.0.1, every instance in a
-                network namespace of the sandbox VPC at its private IP
- 2. operator    start the real operator, ``edx-remote-cache run``, as a child process in its own namespace
- 3. apply       apply ``examples/sandbox-demo.yaml`` (subnet and host ids templated in) and wait for Ready
- 4. config      show what the operator pushed to ``/edx/etc/lms.yml``: a diff of LOCATION lines only
- 5. traffic     "the LMS" on an Open edX host (Django's cache framework from its lms.yml, in its namespace):
-                read-through get/set on the LOCATION it now has, through the cache's security group, until
-                the operator's probe reports a real hit ratio
- 6. detect      SIGKILL the cache host's memcached; wait for ``CacheHealthy=False``
- 7. heal        wait for the operator to heal it (memcached restarted through SSM) and be Ready again
- 8. delete      delete the object: hosts reverted (lms.yml byte for byte), instance terminated, group deleted
- 9. cleanup     stop the operator and the sandbox, and check nothing is left running (also after Ctrl-C)
-
-``--headless --report FILE`` runs the same story without the live table and writes::
-
-    {"ok": bool, "ready_seconds": float, "detect_seconds": float, "heal_seconds": float,
-     "total_seconds": float, "interrupted": bool,
-     "steps": [{"name": str, "ok": bool, "seconds": float, "detail": str}]}
-
-``ready_seconds`` is apply -> Ready, ``detect_seconds`` kill -> CacheHealthy False, ``heal_seconds`` kill ->
-Ready again (the whole outage). A figure that was never measured is null. The exit status is 0 only when every
-step passed (130 after Ctrl-C).
-
-Nothing here dials anything but 127.0.0.1 from this machine's namespace; the cache traffic runs inside the
-sandbox VPC, which has no route out.
+"""The story's steps: each runs in a worker thread, narrates, checks what it claims, and returns a one-line
+summary (or raises :class:`StepFailed`). :class:`~edx_remote_cache.sandbox.demo.story.Demo` runs them in order,
+with a timeout each; the waiting helpers here poll with the step's cancel event, so a step never hangs.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import difflib
-import importlib.resources
-import json
 import os
-import re
-import shutil
-import signal
-import socket
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from edx_remote_cache.sandbox.lms import LmsTraffic
 
-__all__ = [
-    "COLUMNS",
-    "Display",
-    "add_parser",
-    "compare_reverted",
-    "demo_manifest",
-    "location_diff",
-    "render_table",
-    "run",
-    "table_row",
-    "yaml_key_path",
-]
-
-NAME = "campus"
-NAMESPACE = "openedx"
-EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "sandbox-demo.yaml"
-DEMO_MARKER_ENV = "EDX_REMOTE_CACHE_DEMO_RUN"  # set in the operator's environment: lets a test find leftovers
+from edx_remote_cache.sandbox.demo.config import (
+    DEMO_MARKER_ENV,
+    EXAMPLE,
+    LOCATION_KEYS,
+    NAME,
+    NAMESPACE,
+    compare_reverted,
+    demo_manifest,
+    location_diff,
+    original_config,
+)
+from edx_remote_cache.sandbox.demo.display import Display
+from edx_remote_cache.sandbox.demo.processes import _listening, marked_processes, sandbox_processes
 
 WARM_HIT_RATIO = (
     0.7  # the traffic step waits for the operator to report a warm cache (the app's keys are skewed)
 )
-COLUMNS = ("NAME", "PHASE", "READY", "HEALTHY", "ENDPOINT", "HIT RATIO", "HOSTS", "AGE")
-COLUMN_GAP = "   "
-
-
-# ------------------------------------------------------------------------------------------------ pure helpers
-
-
-def _format_age(seconds: float | None) -> str:
-    if seconds is None or seconds < 0:
-        return "-"
-    if seconds < 120:
-        return f"{int(seconds)}s"
-    return f"{int(seconds // 60)}m{int(seconds % 60)}s"
-
-
-def _condition_status(obj: Mapping[str, Any], ctype: str) -> str:
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == ctype:
-            return str(cond.get("status") or "-")
-    return "-"
-
-
-def table_row(
-    obj: Mapping[str, Any] | None,
-    *,
-    age: float | None = None,
-    name: str = NAME,
-    hit_ratio: float | Literal["status"] | None = "status",
-) -> dict[str, str]:
-    """One ``kubectl get erc``-like row from an EdxRemoteCache (``None``: the object is gone).
-
-    The hit ratio is ``status.health.hitRatio`` unless ``hit_ratio`` gives a fresher figure (the operator's
-    ``/metrics``: the status keeps probe figures for its heartbeat, so they can be a minute old); None = unknown.
-    """
-    if obj is None:
-        return {col: "-" for col in COLUMNS} | {"NAME": name, "PHASE": "(deleted)"}
-    status = obj.get("status") or {}
-    health = status.get("health") or {}
-    ratio = health.get("hitRatio") if hit_ratio == "status" else hit_ratio
-    hit = f"{round(ratio * 100)}%" if isinstance(ratio, int | float) and not isinstance(ratio, bool) else "-"
-    hosts = status.get("hostsSummary")
-    if not hosts:
-        wanted = ((obj.get("spec") or {}).get("openedx") or {}).get("hosts") or []
-        hosts = f"0/{len(wanted)}" if wanted else "-"
-    return {
-        "NAME": str((obj.get("metadata") or {}).get("name") or name),
-        "PHASE": str(status.get("phase") or "-"),
-        "READY": _condition_status(obj, "Ready"),
-        "HEALTHY": _condition_status(obj, "CacheHealthy"),
-        "ENDPOINT": ", ".join(status.get("endpoints") or []) or "-",
-        "HIT RATIO": hit,
-        "HOSTS": str(hosts),
-        "AGE": _format_age(age),
-    }
-
-
-def render_table(rows: Sequence[Mapping[str, str]], *, width: int | None = None) -> list[str]:
-    """Header + one line per row, columns aligned, each line cut to ``width`` characters when given."""
-    widths = {col: max([len(col), *(len(str(row.get(col, "-"))) for row in rows)]) for col in COLUMNS}
-
-    def line(values: Mapping[str, str]) -> str:
-        text = COLUMN_GAP.join(str(values.get(col, "-")).ljust(widths[col]) for col in COLUMNS).rstrip()
-        if width is not None and len(text) > width:
-            text = text[: max(0, width - 1)] + "…"
-        return text
-
-    return [line({col: col for col in COLUMNS}), *(line(row) for row in rows)]
-
-
-_KEY = re.compile(r"^(?P<key>[^\s#:'\"-][^:#]*?|'[^']*'|\"[^\"]*\")\s*:(\s|$)")
-
-
-def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" "))
-
-
-def yaml_key_path(lines: Sequence[str], index: int) -> str:
-    """The dotted key path of ``lines[index]`` in block-style YAML, e.g. ``CACHES.default.LOCATION`` for an item
-    of that list. Good enough for config files like Open edX's (no flow mappings spanning lines)."""
-    path: list[str] = []
-    text = lines[index]
-    stripped = text.strip()
-    is_item = stripped.startswith("- ") or stripped == "-"
-    match = None if is_item else _KEY.match(stripped)
-    if match:
-        path.append(match.group("key").strip("'\""))
-    # a sequence item may sit at its key's indentation ("LOCATION:\n- x"); a key's parent is strictly less indented
-    limit = _indent(text) + (1 if is_item else 0)
-    for j in range(index - 1, -1, -1):
-        above = lines[j]
-        content = above.strip()
-        if not content or content.startswith("#") or content.startswith("-"):
-            continue
-        depth = _indent(above)
-        if depth >= limit:
-            continue
-        key = _KEY.match(content)
-        if key is None:
-            continue
-        path.append(key.group("key").strip("'\""))
-        limit = depth
-        if depth == 0:
-            break
-    return ".".join(reversed(path))
-
-
-_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
-LOCATION_KEYS = re.compile(r"(^|\.)(LOCATION|[A-Z_]*MEMCACHE)$")
-
-
-@dataclass(frozen=True)
-class LocationDiff:
-    """A zero-context unified diff whose hunk headers name the YAML key each change is under."""
-
-    lines: tuple[str, ...]
-    changed: int  # lines added (= lines removed for a pure rewrite)
-    paths: tuple[str, ...]  # key path of every changed line, in order
-    only_locations: bool  # every changed line is a LOCATION entry (or an ansible *_MEMCACHE list)
-
-
-def location_diff(original: str, current: str, *, fromfile: str, tofile: str) -> LocationDiff:
-    """Diff two versions of an Open edX YAML config; hunks are annotated like ``@@ -61 +61 @@ CACHES.x.LOCATION``."""
-    old, new = original.splitlines(), current.splitlines()
-    out: list[str] = []
-    paths: list[str] = []
-    added = 0
-    old_no = new_no = 0
-    for raw in difflib.unified_diff(old, new, fromfile=fromfile, tofile=tofile, n=0, lineterm=""):
-        hunk = _HUNK.match(raw)
-        if hunk:
-            old_no, new_no = int(hunk.group(1)), int(hunk.group(3))
-            old_count = int(hunk.group(2)) if hunk.group(2) is not None else 1
-            where = yaml_key_path(old, old_no - 1) if old_count else yaml_key_path(new, new_no - 1)
-            out.append(f"{raw} {where}")
-            continue
-        if raw.startswith(("---", "+++")):
-            out.append(raw)
-            continue
-        if raw.startswith("-"):
-            paths.append(yaml_key_path(old, old_no - 1))
-            old_no += 1
-        elif raw.startswith("+"):
-            paths.append(yaml_key_path(new, new_no - 1))
-            new_no += 1
-            added += 1
-        out.append(raw)
-    only = bool(paths) and all(LOCATION_KEYS.search(p) for p in paths)
-    return LocationDiff(tuple(out), added, tuple(paths), only)
-
-
-_ENDPOINT = re.compile(r"(\[[0-9A-Fa-f:]+\]|[A-Za-z0-9_.-]+):(\d{2,5})")
-
-
-def _endpoints(text: str) -> list[str]:
-    return [m.group(0) for m in _ENDPOINT.finditer(text)]
-
-
-def _is_local(host: str) -> bool:
-    """127.0.0.0/8, ::1 and the localhost names: a cache location on the app server itself."""
-    import ipaddress
-
-    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def compare_reverted(name: str, original: bytes, current: bytes) -> tuple[str, str]:
-    """How a config file came back after a revert: ``exact`` (the original bytes), ``equivalent`` (only cache
-    locations differ, and every one is local again, e.g. 127.0.0.1:11211 -> localhost:11211) or ``different``;
-    with a short explanation."""
-    if original == current:
-        return "exact", ""
-    diff = location_diff(original.decode(), current.decode(), fromfile=name, tofile=name)
-    added = [
-        e
-        for line in diff.lines
-        if line.startswith("+") and not line.startswith("+++")
-        for e in _endpoints(line)
-    ]
-    removed = [
-        e
-        for line in diff.lines
-        if line.startswith("-") and not line.startswith("---")
-        for e in _endpoints(line)
-    ]
-    if not diff.only_locations:
-        others = sorted({p for p in diff.paths if not LOCATION_KEYS.search(p)})
-        return "different", f"changed outside cache locations: {', '.join(others) or '?'}"
-    remote = [e for e in added if not _is_local(e.rsplit(":", 1)[0].strip("[]"))]
-    if remote:
-        return "different", f"still points at {', '.join(sorted(set(remote)))}"
-    pairs = sorted({f"{a} came back as {b}" for a, b in zip(removed, added, strict=False) if a != b})
-    return "equivalent", "; ".join(pairs) or "cache locations respelled"
-
-
-def demo_manifest(subnet_id: str, hosts: Sequence[str], *, example: Path | None = EXAMPLE) -> dict[str, Any]:
-    """The EdxRemoteCache the demo applies: ``examples/sandbox-demo.yaml`` with the sandbox's subnet and hosts
-    templated in (the same object built in code when the package runs without its source tree)."""
-    import yaml
-
-    if example is not None and example.is_file():
-        doc: dict[str, Any] = yaml.safe_load(example.read_text(encoding="utf-8"))
-    else:
-        from edx_remote_cache.sandbox.harness import cache_manifest
-
-        doc = cache_manifest(NAME, namespace=NAMESPACE, subnet_id=subnet_id, hosts=hosts)
-    spec = doc.setdefault("spec", {})
-    spec.setdefault("instance", {})["subnetId"] = subnet_id
-    spec.setdefault("openedx", {})["hosts"] = list(hosts)
-    return doc
-
-
-def original_config(name: str) -> bytes:
-    """A config file as the package ships it (what every sandbox host starts with)."""
-    return importlib.resources.files("edx_remote_cache").joinpath("data", "edx", name).read_bytes()
-
-
-# ------------------------------------------------------------------------------------------------ terminal output
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def visible_len(text: str) -> int:
-    """Length on screen: ANSI escape sequences take no room."""
-    return len(_ANSI.sub("", text))
-
-
-def wrap_visible(text: str, width: int, *, indent: str = "", subsequent: str = "") -> list[str]:
-    """Greedy word wrap measuring what is visible (colored words keep their escape codes intact)."""
-    lines: list[str] = []
-    current, used = indent, len(indent)
-    fresh = True  # nothing but the indent on the current line yet
-    for word in text.split(" "):
-        size = visible_len(word)
-        if not fresh and used + 1 + size > width:
-            lines.append(current)
-            current, used, fresh = subsequent, len(subsequent), True
-        if fresh:
-            current, used, fresh = current + word, used + size, False
-        else:
-            current, used = f"{current} {word}", used + 1 + size
-    lines.append(current)
-    return lines
-
-
-_SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-_STYLES = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "blue": "34", "cyan": "36"}
-
-
-class Display:
-    """Narration lines, plus the live table: redrawn in place below the narration on a terminal (``live``), or
-    appended as plain lines whenever a row changes. Thread-safe: steps narrate from worker threads."""
-
-    def __init__(
-        self,
-        stream: TextIO,
-        *,
-        live: bool = False,
-        table: bool = True,
-        color: bool = False,
-        fancy: bool = True,
-        width: int = 100,
-    ) -> None:
-        self.stream = stream
-        self.live = live
-        self.table = table
-        self.color = color
-        self.fancy = fancy
-        self.width = width
-        self.lock = threading.RLock()
-        self._row: dict[str, str] | None = None
-        self._activity = ""
-        self._drawn = 0
-        self._last_plain: tuple[tuple[str, str], ...] | None = None
-        self._header_due = True
-
-    # symbols, with an ASCII fallback for terminals that cannot show them
-    @property
-    def ok_mark(self) -> str:
-        return "✓" if self.fancy else "ok"
-
-    @property
-    def fail_mark(self) -> str:
-        return "✗" if self.fancy else "FAIL"
-
-    @property
-    def arrow(self) -> str:
-        return "▸" if self.fancy else ">"
-
-    def style(self, text: str, *styles: str) -> str:
-        if not self.color or not styles:
-            return text
-        codes = ";".join(_STYLES[s] for s in styles)
-        return f"\x1b[{codes}m{text}\x1b[0m"
-
-    def say(self, text: str = "", *, indent: int = 0, styles: Sequence[str] = (), wrap: bool = False) -> None:
-        """One narration line (or several, for text with newlines; ``wrap`` folds long lines)."""
-        pad = " " * indent
-        out: list[str] = []
-        for part in text.split("\n") if text else [""]:
-            if wrap:
-                out += wrap_visible(part, self.width, indent=pad, subsequent=pad + "    ")
-            else:
-                out.append(pad + part)
-        with self.lock:
-            self._clear()
-            for line in out:
-                self.stream.write(self.style(line, *styles) + "\n")
-            self._header_due = True
-            self._draw()
-            self.stream.flush()
-
-    def set_row(self, row: Mapping[str, str] | None) -> None:
-        with self.lock:
-            self._row = dict(row) if row is not None else None
-            if not self.table or self._row is None:
-                return
-            if self.live:
-                self._clear()
-                self._draw()
-                self.stream.flush()
-                return
-            key = tuple((k, v) for k, v in self._row.items() if k != "AGE")
-            if key == self._last_plain:
-                return
-            header, line = render_table([self._row])
-            if self._header_due:
-                self.stream.write("   " + self.style(header, "dim") + "\n")
-            self.stream.write("   " + line + "\n")
-            self.stream.flush()
-            self._last_plain, self._header_due = key, False
-
-    def set_activity(self, text: str) -> None:
-        """A transient status line under the live table (``waiting for Ready ... 1.2 s``); live mode only."""
-        with self.lock:
-            self._activity = text
-            if self.live and self.table:
-                self._clear()
-                self._draw()
-                self.stream.flush()
-
-    def freeze(self) -> None:
-        """Live mode: leave a copy of the current table in the scrollback (plain mode appends rows anyway)."""
-        with self.lock:
-            if not (self.live and self.table and self._row is not None):
-                return
-            self._clear()
-            header, row = render_table([self._row], width=self.width - 3)
-            self.stream.write("   " + self.style(header, "dim") + "\n" + "   " + row + "\n")
-            self._draw()
-            self.stream.flush()
-
-    def close(self) -> None:
-        with self.lock:
-            self._clear()
-            self._row, self._activity = None, ""
-            self.stream.flush()
-
-    def _clear(self) -> None:
-        if self.live and self._drawn:
-            self.stream.write(f"\x1b[{self._drawn}F\x1b[J")
-            self._drawn = 0
-
-    def _draw(self) -> None:
-        if not (self.live and self.table):
-            return
-        lines: list[str] = []
-        if self._row is not None:
-            header, row = render_table([self._row], width=self.width - 3)
-            lines = ["   " + self.style(header, "dim"), "   " + self.style(row, "bold")]
-        if self._activity:
-            lines.append("   " + self.style(self._activity[: self.width - 3], "dim"))
-        for line in lines:
-            self.stream.write(line + "\n")
-        self._drawn = len(lines)
-
-
-# ------------------------------------------------------------------------------------------------ app traffic
-
-
-# ------------------------------------------------------------------------------------------------ the story
 
 
 class StepFailed(Exception):
@@ -471,252 +45,33 @@ class StepCancelled(Exception):
 
 
 @dataclass
-class StepResult:
-    name: str
-    ok: bool
-    seconds: float
-    detail: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "seconds": round(self.seconds, 3), "detail": self.detail}
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    title: str
-    run: Callable[[], str]
-    timeout: float
-    needs: tuple[str, ...] = ()
-
-
-@dataclass
-class Metrics:
+class DemoTimings:
     ready_seconds: float | None = None
     detect_seconds: float | None = None
     heal_seconds: float | None = None
 
 
-class Demo:
-    """Runs the story (see the module docstring) and returns the report."""
+class StorySteps:
+    """The steps and what they share; the state is set up by :class:`~edx_remote_cache.sandbox.demo.story.Demo`."""
 
-    def __init__(self, display: Display, *, workdir: Path, pause: float = 0.0) -> None:
-        self.d = display
-        self.workdir = workdir
-        self.pause = pause
-        self.t0 = time.monotonic()
-        self.sb: Any = None
-        self.op: Any = None
-        self.traffic: LmsTraffic | None = None
-        self.results: list[StepResult] = []
-        self.metrics = Metrics()
-        self.interrupted = False
-        self.crashed = ""
-        self.waiting_for = ""
-        self.cr_created = False
-        self.created_at: float | None = None
-        self.kill_at: float | None = None
-        self.cache_instance = ""
-        self.security_group = ""
-        self.endpoint = ""
-        self.loopback_ports: set[int] = set()
-        self.seen_events: set[str] = set()
-        self.run_id = f"{os.getpid()}-{int(time.time())}"
-        self._local = threading.local()  # each step's worker thread: its own cancel event
-        self._live_kube = False
-        self._metrics_at = 0.0
-        self._hit_ratio: float | None = None
-        self._workers: list[threading.Thread] = []
-        self.steps = [
-            Step("sandbox", "Start the sandbox cloud on 127.0.0.1", self.step_sandbox, 60),
-            Step(
-                "operator", "Start the operator: edx-remote-cache run", self.step_operator, 45, ("sandbox",)
-            ),
-            Step(
-                "apply", f"Apply an EdxRemoteCache ({NAMESPACE}/{NAME})", self.step_apply, 40, ("operator",)
-            ),
-            Step("config", "What the operator pushed to /edx/etc/lms.yml", self.step_config, 15, ("apply",)),
-            Step("traffic", "Put Open edX traffic on the new cache", self.step_traffic, 25, ("apply",)),
-            Step("detect", "Break it: kill the cache host's memcached", self.step_detect, 25, ("apply",)),
-            Step("heal", "The operator heals it", self.step_heal, 45, ("detect",)),
-            Step("delete", f"Delete the EdxRemoteCache ({NAMESPACE}/{NAME})", self.step_delete, 45),
-        ]
-        self.cleanup = Step("cleanup", "Clean up: stop the operator and the sandbox", self.step_cleanup, 60)
-
-    # -- running steps ------------------------------------------------------------------------------------------------
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.t0
-
-    def run(self) -> dict[str, Any]:
-        total = len(self.steps) + 1
-        try:
-            for index, step in enumerate(self.steps, 1):
-                if step.name == "delete" and not self.cr_created:
-                    self._skip(index, total, step, "nothing was applied")
-                    continue
-                if step.name == "delete" and not (self.op is not None and self.op.alive()):
-                    self._skip(
-                        index, total, step, "the operator is not running (the sandbox teardown removes all)"
-                    )
-                    continue
-                self._run_step(index, total, step)
-                if self.interrupted:
-                    break
-                if self.pause:
-                    self._idle(self.pause)
-        except KeyboardInterrupt:
-            self.interrupted = True
-        except Exception as exc:  # a bug in the demo itself: say so, and still clean up
-            import traceback
-
-            self.crashed = f"{type(exc).__name__}: {exc}"
-            self.d.say(traceback.format_exc(), styles=("red",))
-        if self.interrupted:
-            self.d.say()
-            self.d.say("Interrupted: cleaning up (this takes a few seconds) ...", styles=("yellow", "bold"))
-        self._live_kube = False
-        with _sigint_deferred(self.d):
-            self._run_step(total, total, self.cleanup)
-        self.d.close()
-        report = self.report()
-        self._summary(report)
-        return report
-
-    def _skip(self, index: int, total: int, step: Step, why: str) -> None:
-        self._heading(index, total, step.title)
-        self.d.say(f"{self.d.fail_mark} skipped: {why}", indent=3, styles=("yellow",))
-        self.results.append(StepResult(step.name, False, 0.0, f"skipped: {why}"))
-
-    def _run_step(self, index: int, total: int, step: Step) -> None:
-        missing = [n for n in step.needs if not self._passed(n)]
-        if missing:
-            self._skip(index, total, step, f"needs {', '.join(missing)}")
-            return
-        self._heading(index, total, step.title)
-        cancel = threading.Event()
-        box: dict[str, Any] = {}
-        started = time.monotonic()
-
-        def target() -> None:
-            self._local.cancel = cancel
-            try:
-                box["detail"] = step.run()
-            except BaseException as exc:
-                box["error"] = exc
-
-        worker = threading.Thread(target=target, name=f"demo-{step.name}", daemon=True)
-        self._workers.append(worker)
-        worker.start()
-        deadline = started + step.timeout
-        try:
-            while worker.is_alive():
-                worker.join(0.2)
-                self._refresh(step, started)
-                if time.monotonic() > deadline and worker.is_alive():
-                    cancel.set()
-                    worker.join(3)
-                    box["error"] = StepFailed(f"timed out after {step.timeout:.0f} s")
-                    break
-        except KeyboardInterrupt:
-            self.interrupted = True
-            cancel.set()
-            with _sigint_deferred(self.d):
-                worker.join(10)
-            box["error"] = StepCancelled("interrupted")
-        seconds = time.monotonic() - started
-        self.waiting_for = ""
-        self.d.set_activity("")
-        self._metrics_at = 0.0  # the row left in the scrollback shows the latest figures
-        self._refresh(step)
-        if self.cr_created and step is not self.cleanup:
-            self.d.freeze()
-        error = box.get("error")
-        if error is None:
-            detail = str(box.get("detail") or "")
-            self.results.append(StepResult(step.name, True, seconds, detail))
-            mark = self.d.style(self.d.ok_mark, "green", "bold")
-            self.d.say(f"{mark} {detail} " + self.d.style(f"({seconds:.1f} s)", "dim"), indent=3, wrap=True)
-            return
-        detail = (
-            str(error)
-            if isinstance(error, StepFailed | StepCancelled)
-            else f"{type(error).__name__}: {error}"
-        )
-        self.results.append(StepResult(step.name, False, seconds, detail))
-        mark = self.d.style(f"{self.d.fail_mark} failed:", "red", "bold")
-        self.d.say(f"{mark} {detail} " + self.d.style(f"({seconds:.1f} s)", "dim"), indent=3, wrap=True)
-        if not isinstance(error, StepCancelled):
-            self._diagnose()
-
-    def _passed(self, name: str) -> bool:
-        return any(r.name == name and r.ok for r in self.results)
-
-    def _heading(self, index: int, total: int, title: str) -> None:
-        self.d.say()
-        stamp = self.d.style(f"[{self.elapsed():5.1f} s]", "dim")
-        self.d.say(f"{stamp} " + self.d.style(f"{index}/{total}  {title}", "bold", "cyan"))
-
-    def _idle(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
-            self._refresh(None)
-
-    def _refresh(self, step: Step | None, started: float | None = None) -> None:
-        """From the main thread: the activity line, the live row, new Events."""
-        if step is not None and started is not None:
-            spent = time.monotonic() - started
-            spin = _SPINNER[int(spent * 8) % len(_SPINNER)] if self.d.fancy else "-"
-            doing = f"waiting for {self.waiting_for}" if self.waiting_for else step.title
-            self.d.set_activity(f"{spin} {doing} ({spent:.1f} s)")
-        if not self._live_kube or self.sb is None or self.sb.kube is None:
-            return
-        try:
-            obj = self.sb.kube.get(NAMESPACE, NAME) if self.cr_created else None
-            events = self.sb.kube.list_events(NAMESPACE, involved_name=NAME) if self.cr_created else []
-        except Exception:  # the API is going away (cleanup) or busy: next time
-            return
-        age = None if self.created_at is None else time.monotonic() - self.created_at
-        if self.cr_created:
-            now = time.monotonic()
-            if now - self._metrics_at >= 1.0:
-                self._metrics_at, self._hit_ratio = now, self.operator_hit_ratio()
-            self.d.set_row(table_row(obj, age=age, hit_ratio=self._hit_ratio if obj is not None else None))
-        for event in events:
-            uid = str((event.get("metadata") or {}).get("uid") or id(event))
-            if uid in self.seen_events:
-                continue
-            self.seen_events.add(uid)
-            self._show_event(event)
-
-    def _show_event(self, event: Mapping[str, Any]) -> None:
-        warning = event.get("type") == "Warning"
-        reason = self.d.style(str(event.get("reason") or "?"), "yellow" if warning else "blue", "bold")
-        message = str(event.get("message") or "")
-        if message.startswith(f"{event.get('reason')}: "):  # "Ready: Ready: ..." reads better once
-            message = message[len(str(event.get("reason"))) + 2 :]
-        self.d.say(f"{self.d.arrow} event {reason}: {message}", indent=3, wrap=True)
-
-    def _diagnose(self) -> None:
-        """Why a step failed: the object's conditions and the tail of the operator log."""
-        if self.cr_created and self.sb is not None and self.sb.kube is not None:
-            with contextlib.suppress(Exception):
-                obj = self.sb.kube.get(NAMESPACE, NAME)
-                if obj is None:
-                    self.d.say("the EdxRemoteCache is gone", indent=5, styles=("dim",))
-                else:
-                    status = obj.get("status") or {}
-                    self.d.say(f"phase {status.get('phase', '-')}; conditions:", indent=5)
-                    for cond in status.get("conditions") or []:
-                        line = f"{cond.get('type')}={cond.get('status')} {cond.get('reason', '')}: {cond.get('message', '')}"
-                        self.d.say(line, indent=7, wrap=True)
-        if self.op is not None:
-            tail = self.op.log().splitlines()[-15:]
-            if tail:
-                self.d.say(f"operator log ({self.op.log_path}), last {len(tail)} lines:", indent=5)
-                for line in tail:
-                    self.d.say(line[: self.d.width - 7], indent=7, styles=("dim",))
+    d: Display
+    workdir: Path
+    sb: Any
+    op: Any
+    traffic: LmsTraffic | None
+    timings: DemoTimings
+    waiting_for: str
+    cr_created: bool
+    created_at: float | None
+    kill_at: float | None
+    cache_instance: str
+    security_group: str
+    endpoint: str
+    loopback_ports: set[int]
+    run_id: str
+    _local: threading.local
+    _live_kube: bool
+    _workers: list[threading.Thread]
 
     # -- waiting (worker threads) ---------------------------------------------------------------------------------------
 
@@ -811,7 +166,7 @@ class Demo:
         self.created_at, self.cr_created = started, True
         obj = self._wait_obj("Ready", is_ready, timeout=30)
         ready = time.monotonic() - started
-        self.metrics.ready_seconds = ready
+        self.timings.ready_seconds = ready
         status = obj.get("status") or {}
         self.endpoint = (status.get("endpoints") or [""])[0]
         self.security_group = str(status.get("securityGroupId") or "")
@@ -985,7 +340,7 @@ class Demo:
             "CacheHealthy=False", lambda o: condition(o, "CacheHealthy").get("status") == "False", timeout=20
         )
         detect = time.monotonic() - started
-        self.metrics.detect_seconds = detect
+        self.timings.detect_seconds = detect
         cond = condition(obj, "CacheHealthy")
         self.d.say(f"CacheHealthy=False ({cond.get('reason')}): {cond.get('message')}", indent=3, wrap=True)
         if self.traffic is not None:
@@ -1013,7 +368,7 @@ class Demo:
 
         obj = self._wait_obj("Ready again with CacheHealthy=True", healed, timeout=40)
         heal = time.monotonic() - self.kill_at
-        self.metrics.heal_seconds = heal
+        self.timings.heal_seconds = heal
         last = (obj.get("status") or {}).get("lastHeal") or {}
         if last:
             self.d.say(f"status.lastHeal: {last.get('action')} - {last.get('reason')}", indent=3, wrap=True)
@@ -1167,215 +522,3 @@ class Demo:
         if hits is None or misses is None or hits + misses == 0:
             return None
         return hits / (hits + misses)  # what PromQL would compute from the two counters
-
-    # -- the end ------------------------------------------------------------------------------------------------------
-
-    def report(self) -> dict[str, Any]:
-        names = [s.name for s in [*self.steps, self.cleanup]]
-        ran = {r.name for r in self.results}
-        results = list(self.results) + [
-            StepResult(n, False, 0.0, "not run (interrupted)") for n in names if n not in ran
-        ]
-        results.sort(key=lambda r: names.index(r.name))
-
-        def rounded(x: float | None) -> float | None:
-            return None if x is None else round(x, 3)
-
-        return {
-            "ok": bool(results) and all(r.ok for r in results) and not (self.interrupted or self.crashed),
-            "ready_seconds": rounded(self.metrics.ready_seconds),
-            "detect_seconds": rounded(self.metrics.detect_seconds),
-            "heal_seconds": rounded(self.metrics.heal_seconds),
-            "total_seconds": rounded(self.elapsed()),
-            "interrupted": self.interrupted,
-            "steps": [r.to_json() for r in results],
-        }
-
-    def _summary(self, report: Mapping[str, Any]) -> None:
-        d = self.d
-        d.say()
-        verdict = (
-            d.style("all steps passed", "green", "bold")
-            if report["ok"]
-            else d.style("some steps failed", "red", "bold")
-        )
-        d.say(d.style(f"Summary ({report['total_seconds']:.1f} s): ", "bold") + verdict)
-        for step in report["steps"]:
-            mark = d.style(d.ok_mark, "green") if step["ok"] else d.style(d.fail_mark, "red")
-            d.say(f"{mark} {step['name']:<9} {step['seconds']:5.1f} s  {step['detail']}", indent=3, wrap=True)
-
-        figures = []
-        if report["ready_seconds"] is not None:
-            figures.append(f"Ready {report['ready_seconds']:.1f} s after the apply")
-        if report["detect_seconds"] is not None:
-            figures.append(f"a dead memcached detected in {report['detect_seconds']:.1f} s")
-        if report["heal_seconds"] is not None:
-            figures.append(f"healed {report['heal_seconds']:.1f} s after it died")
-        if figures:
-            d.say()
-            d.say("; ".join(figures) + ".", indent=3, wrap=True)
-        if report["ok"]:
-            d.say(
-                "Next: `make sandbox` keeps this cloud running for kubectl and boto3; see README.md.",
-                wrap=True,
-                indent=3,
-                styles=("dim",),
-            )
-
-
-@contextlib.contextmanager
-def _sigint_deferred(display: Display) -> Iterator[None]:
-    """While cleaning up, Ctrl-C (and SIGTERM) only say so: the cleanup itself is bounded and must finish."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def say(_signum: int, _frame: Any) -> None:
-        with contextlib.suppress(Exception):
-            display.stream.write("\n   (cleaning up, one moment - everything will be stopped)\n")
-            display.stream.flush()
-
-    previous = {sig: signal.signal(sig, say) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _proc_environ(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
-
-
-def marked_processes(key: str, value: str) -> list[int]:
-    """Live processes (not zombies) whose environment has ``key=value``."""
-    marker = f"{key}={value}".encode()
-    found = []
-    for pid in _pids():
-        if pid == os.getpid():
-            continue
-        if marker in _proc_environ(pid).split(b"\0") and not _zombie(pid):
-            found.append(pid)
-    return found
-
-
-def sandbox_processes(owner_pid: int) -> list[int]:
-    """Processes (memcached) a sandbox in process ``owner_pid`` started and that still run."""
-    from edx_remote_cache.sandbox.cache_hosts import OWNER_ENV
-
-    return marked_processes(OWNER_ENV, str(owner_pid))
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X")
-
-
-def _listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.3)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-# ------------------------------------------------------------------------------------------------ the command
-
-
-def add_parser(subparsers: Any) -> None:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "demo",
-        help="the whole loop in a sandbox VPC, narrated: apply, configure, probe, break, heal, delete (under a minute)",
-        description="Start the sandbox (Kubernetes API, AWS, real memcached, two Open edX hosts, all on "
-        "127.0.0.1), run the operator, apply an EdxRemoteCache and narrate what happens: Ready, the config "
-        "pushed to lms.yml, real cache traffic, a killed memcached detected and healed, the delete reverting "
-        "the hosts. Leaves nothing running, also on Ctrl-C.",
-    )
-    parser.add_argument(
-        "--headless", action="store_true", help="no live table (for CI); same story and checks"
-    )
-    parser.add_argument("--report", type=Path, metavar="FILE", help="write a JSON report of the run here")
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="keep the sandbox's files (hosts' /edx, logs) and the operator log here "
-        "(default: a temporary directory, removed at the end unless a step failed)",
-    )
-    parser.add_argument(
-        "--pause",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="pause between steps, to read along (default: 1 on a terminal, 0 otherwise)",
-    )
-    parser.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from edx_remote_cache.sandbox.network import NetworkSetupError, check_capability
-
-    try:
-        check_capability()
-    except NetworkSetupError as exc:
-        print(f"edx-remote-cache demo: {exc}", file=sys.stderr)
-        return 2
-    stream = sys.stdout
-    tty = stream.isatty() and os.environ.get("TERM") != "dumb"
-    live = tty and not args.headless
-    encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
-    display = Display(
-        stream,
-        live=live,
-        table=not args.headless,
-        color=tty and "NO_COLOR" not in os.environ,
-        fancy=encoding.startswith("utf"),
-        width=max(60, min(shutil.get_terminal_size((110, 24)).columns, 140)),
-    )
-    pause = args.pause if args.pause is not None else (1.0 if live else 0.0)
-    workdir = (
-        args.workdir.resolve() if args.workdir is not None else Path(tempfile.mkdtemp(prefix="erc-demo-"))
-    )
-    workdir.mkdir(parents=True, exist_ok=True)
-    demo = Demo(display, workdir=workdir, pause=pause)
-
-    display.say(
-        display.style("edx-remote-cache demo", "bold")
-        + " - memcached off the Open edX app server, onto its own EC2 host",
-        wrap=True,
-    )
-    display.say(
-        "Everything runs on 127.0.0.1: an emulated Kubernetes API and AWS, real memcached, two sandbox Open edX"
-        " hosts, and the real operator process.",
-        styles=("dim",),
-        wrap=True,
-    )
-
-    previous_term = None
-    if threading.current_thread() is threading.main_thread():  # SIGTERM cleans up like Ctrl-C
-        previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        report = demo.run()
-    finally:
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
-    if args.report is not None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        display.say(f"report written to {args.report}", indent=3, styles=("dim",))
-    if args.workdir is None:
-        if report["ok"]:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            display.say(f"kept for a look: {workdir} (operator.log, the hosts' /edx)", indent=3)
-    if demo.interrupted:
-        return 130
-    return 0 if report["ok"] else 1

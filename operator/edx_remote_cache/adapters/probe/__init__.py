@@ -81,7 +81,7 @@ def probe_endpoint(
     """Probe one endpoint; never raises (except on programming errors like a bad timeout).
 
     Without ``client_factory`` (the operator's way): pipelined commands on a pooled connection, see the
-    module docstring. With one: a client of that factory's per probe, one command at a time. Blocking: from a
+    package docstring. With one: a client of that factory's per probe, one command at a time. Blocking: from a
     thread with a running event loop, await :func:`probe_all` instead.
     """
     if timeout <= 0:

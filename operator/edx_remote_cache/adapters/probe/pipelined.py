@@ -250,7 +250,7 @@ async def _exchange_async(
 
 
 async def _probe_pooled_async(endpoint: str, timeout: float) -> ProbeResult:
-    """The pooled, pipelined probe on the running event loop (see the module docstring)."""
+    """The pooled, pipelined probe on the running event loop (see the package docstring)."""
     started = time.monotonic()
     address: tuple[str, int] | None = None
     conn: _Connection | None = None

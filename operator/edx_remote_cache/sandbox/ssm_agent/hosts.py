@@ -117,7 +117,7 @@ class ScriptResult:
 
 
 class NamespaceRunner:
-    """Runs a host's script in its own mount + network + pid namespace (see the module docstring)."""
+    """Runs a host's script in its own mount + network + pid namespace (see the package docstring)."""
 
     def __init__(self) -> None:
         self.argv = ["unshare", "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]

@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from pymemcache.client.base import Client
 
-from edx_remote_cache.adapters import probe as probe_module
 from edx_remote_cache.adapters.probe import (
     CANARY_PREFIX,
     ERROR_KINDS,
@@ -35,6 +34,8 @@ from edx_remote_cache.adapters.probe import (
     probe_endpoint,
     probe_many,
 )
+from edx_remote_cache.adapters.probe import pipelined as probe_pipelined
+from edx_remote_cache.adapters.probe import pool as probe_pool
 
 MEMCACHED = shutil.which("memcached") or "/usr/bin/memcached"
 pytestmark = pytest.mark.skipif(not os.path.exists(MEMCACHED), reason="memcached binary not installed")
@@ -654,7 +655,7 @@ def test_a_connection_that_failed_is_never_reused(
 def test_idle_connections_are_replaced(
     memcached: Callable[..., Memcached], pooled_probe: Probe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(probe_module, "POOL_IDLE_SECONDS", 0.0)
+    monkeypatch.setattr(probe_pool, "POOL_IDLE_SECONDS", 0.0)
     server = memcached()
     app = server.app_client()
     before = total_connections(app)
@@ -693,7 +694,7 @@ def test_close_pooled_connections_hangs_up(memcached: Callable[..., Memcached], 
 def test_answers_are_read_whole_however_they_are_split(memcached: Callable[..., Memcached]) -> None:
     """The five pipelined answers may arrive in any number of pieces: no prefix is mistaken for all of them."""
     server = memcached()
-    key, value, request = probe_module._canary_request()
+    key, value, request = probe_pipelined._canary_request()
     with socket.create_connection(("127.0.0.1", server.port), timeout=2) as sock:
         sock.sendall(request)
         answers = b""
@@ -701,14 +702,14 @@ def test_answers_are_read_whole_however_they_are_split(memcached: Callable[..., 
             answers += sock.recv(65536)
 
     for cut in range(len(answers)):
-        assert probe_module._Attempt(key, value).feed(answers[:cut] or b"x") is False or cut == 0
+        assert probe_pipelined._Attempt(key, value).feed(answers[:cut] or b"x") is False or cut == 0
 
-    whole = probe_module._Attempt(key, value)
+    whole = probe_pipelined._Attempt(key, value)
     assert whole.feed(answers) is True
     assert whole.failure is None and whole.clean and whole.reachable
     assert whole.fields["version"] == server.app_client().version().decode()
     assert whole.fields["limit_maxbytes"] == 8 * 1024 * 1024 and whole.fields["evictions"] == 0
-    piecewise = probe_module._Attempt(key, value)
+    piecewise = probe_pipelined._Attempt(key, value)
     assert [piecewise.feed(answers[i : i + 7]) for i in range(0, len(answers), 7)][-1] is True
     assert piecewise.fields | {"latency_ms": 0} == whole.fields | {"latency_ms": 0} and piecewise.clean
 
@@ -732,7 +733,7 @@ async def test_a_probe_in_flight_when_the_pool_is_closed_does_not_pool_its_conne
 def test_a_missing_route_is_reported_as_unreachable_not_as_a_dead_host() -> None:
     """No route to the address (the sandbox's stray dials, a partitioned network): the path is missing, which
     the status must not confuse with memcached refusing or hanging."""
-    from edx_remote_cache.adapters.probe import _classify
+    from edx_remote_cache.adapters.probe.result import _classify
 
     assert _classify(OSError(errno.ENETUNREACH, "Network is unreachable")) == "unreachable"
     assert _classify(OSError(errno.EHOSTUNREACH, "No route to host")) == "unreachable"

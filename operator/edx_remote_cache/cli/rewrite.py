@@ -4,6 +4,9 @@ A batch is all or nothing: every file is read, parsed and planned first (nothing
 them can be), then every file is written (temp file + rename, with a backup copy), and only then is the
 report printed. A failed write, SIGINT or SIGTERM during the write phase rolls back what this run wrote;
 a closed stdout (`| head`) cannot split a batch because nothing is printed until the batch is done.
+
+(One module on purpose, at ~600 lines: the plan, write and report phases share the undo log and the signal
+handlers that roll a batch back; split apart, the all-or-nothing guarantee would span files.)
 """
 
 from __future__ import annotations

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from edx_remote_cache.sandbox.aws import AwsServer, CallRecorder
-    from edx_remote_cache.sandbox.cache_hosts import CacheHost, CacheHostManager, ControlServer, Systemctl
+    from edx_remote_cache.sandbox.cache_hosts import CacheHost, CacheHostManager
     from edx_remote_cache.sandbox.edx_hosts import SupervisorctlCall
     from edx_remote_cache.sandbox.faults import Faults
+    from edx_remote_cache.sandbox.host_tools import ControlServer, Systemctl
     from edx_remote_cache.sandbox.network import SandboxNetwork
     from edx_remote_cache.sandbox.ssm_agent import HostRegistry, NamespaceRunner, SsmService
 
@@ -121,13 +122,9 @@ class Sandbox:
     def _start(self) -> None:
         global _CHECKED_RUNNER
         from edx_remote_cache.sandbox.aws import AwsServer
-        from edx_remote_cache.sandbox.cache_hosts import (
-            CacheHostManager,
-            ControlServer,
-            Systemctl,
-            reap_orphans,
-        )
+        from edx_remote_cache.sandbox.cache_hosts import CacheHostManager, reap_orphans
         from edx_remote_cache.sandbox.faults import Faults
+        from edx_remote_cache.sandbox.host_tools import ControlServer, Systemctl
         from edx_remote_cache.sandbox.ssm_agent import (
             HostRegistry,
             NamespaceRunner,
@@ -201,7 +198,7 @@ class Sandbox:
         atexit.register(self.stop)
 
     def _on_cache_host(self, host: Any) -> None:
-        from edx_remote_cache.sandbox.cache_hosts import write_host_tools
+        from edx_remote_cache.sandbox.host_tools import write_host_tools
 
         write_host_tools(host, self.runtime_dir / "control.sock")
         if self.network is not None:
@@ -236,8 +233,8 @@ class Sandbox:
 
     def _create_network_and_edx_hosts(self, hosts_dir: Path, control_socket: Path) -> None:
         from edx_remote_cache.sandbox.aws import UBUNTU_AMI_ID
-        from edx_remote_cache.sandbox.cache_hosts import write_host_tools
         from edx_remote_cache.sandbox.edx_hosts import EDX_ROLE_TAG, build_root
+        from edx_remote_cache.sandbox.host_tools import write_host_tools
         from edx_remote_cache.sandbox.ssm_agent import SandboxHost
 
         assert self.aws is not None and self.registry is not None

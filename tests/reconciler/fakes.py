@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from edx_remote_cache import OWNER_UID_TAG
-from edx_remote_cache.adapters.aws import ImageInfo
+from edx_remote_cache.adapters.aws import AwsError, ImageInfo
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
 from edx_remote_cache.adapters.probe import ProbeResult
@@ -137,6 +137,8 @@ class FakeCloud:
         self.instances: list[model.ObservedInstance] = []
         self.groups: list[model.ObservedSecurityGroup] = []
         self._ids = itertools.count(1)
+        # action type name (RunInstance, ...) -> errors AWS answers the next calls of that type with, in order
+        self.errors: dict[str, list[AwsError]] = {}
 
     def observed(self) -> model.ObservedCloud:
         live = tuple(i for i in self.instances if i.state not in model.GONE_STATES)
@@ -158,6 +160,15 @@ class FakeCloud:
         created: str | None = None
         mutations = 0
         for action in plan.mutating:
+            queued = self.errors.get(type(action).__name__)
+            if queued:  # AWS refuses this call: what the plan changed before it is the error's `partial`
+                exc = queued.pop(0)
+                exc.partial = actions.ActResult(
+                    launched=dict(launched), generations=dict(generations), created_group_id=created,
+                    started=tuple(started), terminated=tuple(terminated), mutations=mutations,
+                )  # fmt: skip
+                self.journal.append(("aws-error", type(action).__name__, exc.code))
+                raise exc
             mutations += 1
             self.journal.append(("aws", type(action).__name__))
             match action:

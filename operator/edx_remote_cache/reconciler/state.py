@@ -28,6 +28,7 @@ from edx_remote_cache.domain.cloud.desired import DesiredCacheHost
 from edx_remote_cache.domain.cloud.model import ObservedCloud, Owner
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
+from edx_remote_cache.reconciler.retrying import RetryRecord
 
 PAUSE_ANNOTATION = "edx-remote-cache.openedx.org/paused"
 
@@ -119,6 +120,7 @@ class ResourceState:
     # instance id -> the endpoints of its last Configured push (after a restart: status.pushedEndpoints)
     host_targets: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     retry_message: str | None = None  # the last AwsRetrying event, not repeated while the error stays
+    retry: RetryRecord | None = None  # the current retryable-error episode; None once a pass gets through
 
 
 @dataclasses.dataclass

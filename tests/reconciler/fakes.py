@@ -21,6 +21,7 @@ from edx_remote_cache.adapters.aws import AwsError, ImageInfo
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
 from edx_remote_cache.adapters.probe import ProbeResult
+from edx_remote_cache.domain import claims
 from edx_remote_cache.domain.cloud import actions, model
 from edx_remote_cache.reconciler.state import Adapters
 
@@ -114,11 +115,13 @@ class FakeStatus:
     def __init__(self, journal: list[tuple[str, ...]]) -> None:
         self.journal = journal
         self.patches: list[dict[str, Any]] = []
-        self.current: dict[str, Any] = {}
+        self.current: dict[str, Any] = {}  # the last patched object's status
+        self.by_name: dict[str, dict[str, Any]] = {}  # every object's status, by name
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.patches.append(dict(status))
         self.journal.append(("status", name))
+        self.current = self.by_name.setdefault(name, {})
         for key, value in status.items():
             if value is None:
                 self.current.pop(key, None)
@@ -222,7 +225,9 @@ class FakeHosts:
     def __init__(self, journal: list[tuple[str, ...]]) -> None:
         self.journal = journal
         self.fail: dict[str, str] = {}  # instance id -> the state its pushes end in
+        self.fail_reverts: dict[str, str] = {}  # instance id -> the state its reverts end in
         self.pushes: list[tuple[str, tuple[str, ...]]] = []
+        self.pointing: dict[str, tuple[str, ...]] = {}  # what each host's files name now (absent: localhost)
 
     def push_hosts(self, *, hosts: Sequence[str], endpoints: Sequence[str], **_: Any) -> list[HostPushResult]:
         out = []
@@ -230,14 +235,50 @@ class FakeHosts:
             self.pushes.append((host, tuple(endpoints)))
             self.journal.append(("push", host, ",".join(endpoints)))
             state = self.fail.get(host, "Configured")
+            if state == "Configured":
+                self.pointing[host] = tuple(endpoints)
             out.append(HostPushResult(host, state, files=(("/edx/etc/lms.yml", "sha"),),  # type: ignore[arg-type]
                                       time=datetime.now(UTC), message=state.lower()))  # fmt: skip
         return out
 
-    def revert_hosts(self, *, hosts: Sequence[str], **_: Any) -> list[HostPushResult]:
+    def revert_hosts(
+        self, *, hosts: Sequence[str], current_endpoints: Sequence[str] = (), **_: Any
+    ) -> list[HostPushResult]:
+        out = []
         for host in hosts:
             self.journal.append(("revert", host))
-        return [HostPushResult(h, "Configured", message="reverted") for h in hosts]
+            state = self.fail_reverts.get(host, "Configured")
+            # like the real revert: only the endpoints the caller says it wrote go back to localhost
+            if state == "Configured" and set(self.pointing.get(host, ())) <= set(current_endpoints):
+                self.pointing.pop(host, None)
+            out.append(
+                HostPushResult(host, state, message="reverted" if state == "Configured" else "offline")
+            )  # type: ignore[arg-type]
+        return out
+
+
+class FakeClaims:
+    """The cluster-wide claim index (app/claims.py keeps it with kopf): every watched object's claims, read from
+    its current status in `FakeStatus` as kopf would re-index it after each status write."""
+
+    def __init__(self, status: FakeStatus) -> None:
+        self.status = status
+        self.objects: dict[str, dict[str, Any]] = {}  # name -> object as the API holds it
+
+    def watch(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.objects[obj["metadata"]["name"]] = obj
+        return obj
+
+    def forget(self, obj: Mapping[str, Any]) -> None:
+        self.objects.pop(obj["metadata"]["name"], None)
+
+    def claimants(self, host_id: str) -> list[claims.Claim]:
+        found = []
+        for name, obj in self.objects.items():
+            claim = claims.claims_of({**obj, "status": self.status.by_name.get(name, {})}).get(host_id)
+            if claim is not None:
+                found.append(claim)
+        return found
 
 
 class FakeMemcached:
@@ -274,6 +315,7 @@ class World:
     memcached: FakeMemcached
     events: list[tuple[str, str, str]]
     adapters: Adapters
+    claims: FakeClaims
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
@@ -293,6 +335,7 @@ def world() -> World:
     memcached = FakeMemcached()
     events: list[tuple[str, str, str]] = []
     lookups, edx, drift = FakeLookups(), FakeEdxHosts(), FakeDrift()
+    claims_index = FakeClaims(status)
 
     def record_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         events.append((type_, reason, message))
@@ -313,11 +356,21 @@ def world() -> World:
         push_hosts=hosts.push_hosts,
         revert_hosts=hosts.revert_hosts,
         probe_all=memcached.probe_all,
+        claims=claims_index,
     )
-    return World(journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters)
+    return World(
+        journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters, claims_index
+    )
 
 
-def cache(name: str = "site", *, uid: str = "uid-1", generation: int = 1, **spec: Any) -> dict[str, Any]:
+def cache(
+    name: str = "site",
+    *,
+    uid: str = "uid-1",
+    generation: int = 1,
+    created: str = "2025-01-01T00:00:00Z",
+    **spec: Any,
+) -> dict[str, Any]:
     """An EdxRemoteCache as the API hands it to the operator (camelCase spec keys merged in)."""
     body: dict[str, Any] = {
         "region": REGION,
@@ -333,7 +386,13 @@ def cache(name: str = "site", *, uid: str = "uid-1", generation: int = 1, **spec
     return {
         "apiVersion": "edx-remote-cache.openedx.org/v1alpha1",
         "kind": "EdxRemoteCache",
-        "metadata": {"name": name, "namespace": "default", "uid": uid, "generation": generation},
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": uid,
+            "generation": generation,
+            "creationTimestamp": created,
+        },
         "spec": body,
     }
 

@@ -1,6 +1,7 @@
 """The façade: one `Reconciler` per operator process, each object's pass made of named steps.
 
-    reconcile = parse spec -> CloudPass (observe, diff, act) -> HostPass (push, drift) -> Prober -> StatusPublisher
+    reconcile = parse spec -> CloudPass (observe, diff, act) -> ClaimStep (whose hosts) -> HostPass (push, drift)
+                -> Prober -> StatusPublisher
     probe_once = Prober (from the daemon, every probe.intervalSeconds)
     heal = Healer (restart memcached -> start / relaunch -> replace, rate limited)
     teardown = Teardown (revert hosts -> terminate -> delete the security group)
@@ -22,6 +23,7 @@ from edx_remote_cache.adapters.probe import ProbeResult
 from edx_remote_cache.domain.cloud.actions import WaitFor
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import SpecError, parse_spec
+from edx_remote_cache.reconciler.claims import ClaimStep
 from edx_remote_cache.reconciler.cloud_pass import CloudPass
 from edx_remote_cache.reconciler.healing import Healer
 from edx_remote_cache.reconciler.host_pass import HostPass
@@ -49,6 +51,7 @@ class Reconciler:
         self.states: dict[str, ResourceState] = {}
         self.status = StatusPublisher(adapters)
         self.cloud = CloudPass(adapters, self.status)
+        self.claims = ClaimStep(adapters)
         self.hosts = HostPass(adapters)
         self.prober = Prober(adapters, self.status)
         self.healer = Healer(adapters, self.status, lambda obj: self.reconcile(obj, trigger="heal"))
@@ -145,7 +148,9 @@ class Reconciler:
         if retried is not None:
             self.adapters.events(obj, "Normal", "Retried", f"{retried.service} {retried.code} cleared "
                                  f"after {retried.attempt} attempt(s)")  # fmt: skip
-        hosts = await self.hosts.run(obj, state, spec, cloud, mutate=not paused, trigger=trigger)
+        claims = await self.claims.settle(obj, state, spec, cloud, mutate=not paused)
+        pushed = await self.hosts.run(obj, state, spec, claims.cloud, mutate=not paused, trigger=trigger)
+        hosts = claims.merge(pushed)
         await self.prober.probe(obj, state, spec, cloud.endpoints)
         facts = self.status.facts(state, spec, ref.generation, cloud, hosts, paused_by=paused_by)
         parts = self.status.cloud_parts(cloud, spec, hosts, state)

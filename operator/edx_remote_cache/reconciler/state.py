@@ -19,10 +19,11 @@ from edx_remote_cache.adapters.aws import AwsClients, CloudLookups, EdxHostDirec
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
-from edx_remote_cache.adapters.ports import EventSink, StatusWriter
+from edx_remote_cache.adapters.ports import EventSink, HostClaims, StatusWriter
 from edx_remote_cache.adapters.probe import ProbeResult
 from edx_remote_cache.adapters.resolver import AddressResolver
 from edx_remote_cache.adapters.ssm import SsmAdapter
+from edx_remote_cache.domain.claims import NO_RIVALS
 from edx_remote_cache.domain.cloud.actions import ActResult, Plan
 from edx_remote_cache.domain.cloud.desired import DesiredCacheHost
 from edx_remote_cache.domain.cloud.model import ObservedCloud, Owner
@@ -61,6 +62,7 @@ class Adapters:
     push_hosts: Callable[..., list[HostPushResult]] = host_push.push_hosts
     revert_hosts: Callable[..., list[HostPushResult]] = host_push.revert_hosts
     probe_all: Callable[..., Awaitable[list[ProbeResult]]] = probe.probe_all
+    claims: HostClaims = NO_RIVALS  # who else names each Open edX host (the operator: a kopf index)
 
 
 class ObjectRef(NamedTuple):

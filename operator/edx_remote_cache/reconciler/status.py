@@ -134,7 +134,7 @@ class StatusPublisher:
         problems = tuple(
             f"{h.instance_id}: {h.state} ({h.message})"
             for h in hosts
-            if h.state not in ("Configured", "Pending")
+            if h.state not in ("Configured", "Pending", "Claimed")
         )
         return Facts(
             generation=generation,
@@ -147,6 +147,7 @@ class StatusPublisher:
             hosts_total=len(hosts),
             hosts_configured=sum(1 for h in hosts if h.state == "Configured"),
             host_problems=problems,
+            hosts_claimed=tuple(f"{h.instance_id}: {h.message}" for h in hosts if h.state == "Claimed"),
             converging=bool(cloud.plan.actions),
             healing=state.healing,
             **self.probe_facts(state, spec),

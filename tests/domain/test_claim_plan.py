@@ -66,3 +66,9 @@ def test_the_index_entry_names_listed_resolved_and_held_hosts_and_a_deleted_obje
     assert sorted(claims_of(obj)) == ["i-1", "i-4"]
     obj["status"]["hostsReverted"] = True
     assert claims_of(obj) == {}
+
+
+def test_an_object_whose_age_is_unknown_never_takes_a_host_from_one_whose_age_is_known() -> None:
+    unknown = Claim.of({"metadata": {"name": "aaa", "namespace": "prod", "uid": "u"}})
+    plan = plan_claims(me=unknown, wanted=["i-1"], held=[], others={"i-1": [NEW]})
+    assert plan.claimed == {"i-1": NEW}

@@ -122,14 +122,27 @@ class FakeStatus:
         self.patches.append(dict(status))
         self.journal.append(("status", name))
         self.current = self.by_name.setdefault(name, {})
-        for key, value in status.items():
-            if value is None:
-                self.current.pop(key, None)
-            else:
-                self.current[key] = value
+        merge_patch(self.current, status)
 
     def condition(self, ctype: str) -> dict[str, Any]:
         return next((c for c in self.current.get("conditions") or [] if c["type"] == ctype), {})
+
+
+def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    """RFC 7386, as the API server applies a status merge patch: null deletes, objects merge, the rest replaces."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            merge_patch(target[key], value)
+        else:
+            target[key] = _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    return value
 
 
 class FakeCloud:

@@ -18,18 +18,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-NOT_HELD_STATES = frozenset(
-    {"Pending", "Claimed"}
-)  # status.hosts[] states in which nothing of ours is on the host
+# status.hosts[] states in which nothing of this object's is on the host
+NOT_HELD_STATES = frozenset({"Pending", "Claimed"})
+# sorts after every RFC 3339 time: an object whose age is unknown never takes a host from one whose age is known
+UNKNOWN_CREATION = "~"
 
 
 @dataclass(frozen=True, order=True)
 class Claim:
     """One object's claim on one host; claims sort oldest first (the first one owns the host)."""
 
-    created: (
-        str  # metadata.creationTimestamp, RFC 3339 (sorts as text); "" sorts first, like the API never does
-    )
+    created: str  # metadata.creationTimestamp, RFC 3339 (sorts as text), else UNKNOWN_CREATION
     namespace: str
     name: str
     uid: str = field(compare=False)
@@ -43,7 +42,7 @@ class Claim:
     def of(cls, obj: Mapping[str, Any], *, held: bool = False) -> Claim:
         meta = obj.get("metadata") or {}
         return cls(
-            str(meta.get("creationTimestamp") or ""),
+            str(meta.get("creationTimestamp") or UNKNOWN_CREATION),
             str(meta.get("namespace") or "default"),
             str(meta.get("name") or ""),
             str(meta.get("uid") or ""),

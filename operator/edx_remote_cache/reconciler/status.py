@@ -61,10 +61,7 @@ class StatusPublisher:
             and not status_changed(settled(state.status), settled(new))
         ):
             return False
-        patch = dict(new)
-        for key in state.status:  # a merge patch keeps keys it does not mention: clear the ones we dropped
-            if key not in patch:
-                patch[key] = None
+        patch = merge_patch(state.status, new)
         await self.adapters.status.patch_status(ref.namespace, ref.name, patch)
         self.adapters.metrics.status_writes.labels(ref.namespace, ref.name).inc()
         state.status = {k: v for k, v in new.items() if v is not None}
@@ -208,6 +205,18 @@ class StatusPublisher:
             consecutive_failures=state.consecutive_failures,
             previous=state.status.get("health"),
         )
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` as a JSON merge patch over ``old``: a merge patch keeps keys it does not mention, at every depth,
+    so a key dropped anywhere is sent as null (a launch token dropped from progress.launches, a map emptied)."""
+    patch = dict(new)
+    for key, before in old.items():
+        if key not in patch:
+            patch[key] = None
+        elif isinstance(before, Mapping) and isinstance(patch[key], Mapping):
+            patch[key] = merge_patch(before, patch[key])
+    return patch
 
 
 def settled(status: Mapping[str, Any]) -> dict[str, Any]:

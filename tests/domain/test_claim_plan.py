@@ -72,3 +72,22 @@ def test_an_object_whose_age_is_unknown_never_takes_a_host_from_one_whose_age_is
     unknown = Claim.of({"metadata": {"name": "aaa", "namespace": "prod", "uid": "u"}})
     plan = plan_claims(me=unknown, wanted=["i-1"], held=[], others={"i-1": [NEW]})
     assert plan.claimed == {"i-1": NEW}
+
+
+def test_objects_managing_disjoint_files_of_one_host_are_no_rivals_and_default_files_are_shared() -> None:
+    def obj(name: str, created: str, **openedx: object) -> dict:
+        return {
+            "metadata": {"name": name, "namespace": "prod", "uid": name, "creationTimestamp": created},
+            "spec": {"region": "us-east-1", "instance": {"subnetId": "subnet-0123456789abcdef0"},
+                     "openedx": {"hosts": ["i-0123456789abcdef0"], **openedx}},
+        }  # fmt: skip
+
+    one = Claim.of(obj("one", OLD.created, configFiles=["/edx/etc/a.yml"], ansibleVarsFiles=[]))
+    two = Claim.of(obj("two", NEW.created, configFiles=["/edx/etc/b.yml"], ansibleVarsFiles=[]))
+    assert plan_claims(me=two, wanted=["i-1"], held=[], others={"i-1": [one]}).mine == ("i-1",)
+    site, copy = Claim.of(obj("site", OLD.created)), Claim.of(obj("copy", NEW.created))
+    assert site.files and site.files == copy.files
+    assert plan_claims(me=copy, wanted=["i-1"], held=[], others={"i-1": [site]}).claimed == {"i-1": site}
+    assert Claim.of({"metadata": {"name": "bad"}, "spec": {"region": 7}}).overlaps(one), (
+        "unknown files: a rival"
+    )

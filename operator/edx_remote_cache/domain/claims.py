@@ -1,5 +1,8 @@
 """One Open edX host, one owner: which EdxRemoteCache manages a host that several name. PURE.
 
+Precisely: one owner per managed file of a host. Objects naming the same host with disjoint file lists never meet;
+a copy-paste names the same files (the defaults, usually) and does.
+
 Two objects naming the same host (a copy-paste in a GitOps repository) used to both push it, both report Ready,
 and either one's deletion reverted the host under the other. Now every object that names a host *claims* it
 (`spec.openedx.hosts`, or a selector match it resolved), and the oldest claimant (creationTimestamp, then
@@ -15,8 +18,10 @@ it, exactly like a delete would.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from edx_remote_cache.domain.spec import SpecError, parse_spec
 
 # status.hosts[] states in which nothing of this object's is on the host
 NOT_HELD_STATES = frozenset({"Pending", "Claimed"})
@@ -33,6 +38,12 @@ class Claim:
     name: str
     uid: str = field(compare=False)
     held: bool = field(default=False, compare=False)  # its files may name this object's endpoints
+    # the host files the object manages (configFiles + ansibleVarsFiles); None: unknown, overlaps every claim.
+    # Objects managing disjoint files of one host (one file per site, as the scale bench does) are no rivals.
+    files: frozenset[str] | None = field(default=None, compare=False)
+
+    def overlaps(self, other: Claim) -> bool:
+        return self.files is None or other.files is None or bool(self.files & other.files)
 
     @property
     def key(self) -> str:
@@ -47,7 +58,17 @@ class Claim:
             str(meta.get("name") or ""),
             str(meta.get("uid") or ""),
             held,
+            managed_files(obj.get("spec")),
         )
+
+
+def managed_files(spec: Mapping[str, Any] | None) -> frozenset[str] | None:
+    """The files an object's spec manages on each host (defaults applied); None when the spec does not parse."""
+    try:
+        openedx = parse_spec(spec).openedx
+    except SpecError:
+        return None
+    return frozenset([*openedx.config_files, *openedx.ansible_vars_files])
 
 
 def held_hosts(status: Mapping[str, Any]) -> tuple[str, ...]:
@@ -72,7 +93,8 @@ def claims_of(obj: Mapping[str, Any]) -> dict[str, Claim]:
         openedx = (obj.get("spec") or {}).get("openedx") or {}
         wanted = [str(h) for h in openedx.get("hosts") or ()]
         wanted += [str(h.get("instanceId")) for h in status.get("hosts") or () if isinstance(h, Mapping)]
-    return {host: Claim.of(obj, held=host in held) for host in [*wanted, *sorted(held)] if host}
+    mine = Claim.of(obj)  # parses the spec once, not once per host
+    return {host: replace(mine, held=host in held) for host in [*wanted, *sorted(held)] if host}
 
 
 @dataclass(frozen=True)
@@ -104,7 +126,7 @@ def plan_claims(
     waiting: dict[str, Claim] = {}
     claimed: dict[str, Claim] = {}
     for host in dict.fromkeys(wanted):
-        rivals = [c for c in others.get(host, ()) if c.uid != me.uid]
+        rivals = [c for c in others.get(host, ()) if c.uid != me.uid and c.overlaps(me)]
         owner = min([me, *rivals])
         if owner is not me:
             claimed[host] = owner

@@ -19,10 +19,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from edx_remote_cache import OWNER_UID_TAG
-from edx_remote_cache.adapters.aws import ImageInfo
+from edx_remote_cache.adapters.aws import AwsError, ImageInfo
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
 from edx_remote_cache.adapters.probe import ProbeResult
+from edx_remote_cache.domain import claims
 from edx_remote_cache.domain.cloud import actions, model
 from edx_remote_cache.reconciler.state import Adapters
 
@@ -158,19 +159,34 @@ class FakeStatus:
     def __init__(self, journal: list[tuple[str, ...]]) -> None:
         self.journal = journal
         self.patches: list[dict[str, Any]] = []
-        self.current: dict[str, Any] = {}
+        self.current: dict[str, Any] = {}  # the last patched object's status
+        self.by_name: dict[str, dict[str, Any]] = {}  # every object's status, by name
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
         self.patches.append(dict(status))
         self.journal.append(("status", name))
-        for key, value in status.items():
-            if value is None:
-                self.current.pop(key, None)
-            else:
-                self.current[key] = value
+        self.current = self.by_name.setdefault(name, {})
+        merge_patch(self.current, status)
 
     def condition(self, ctype: str) -> dict[str, Any]:
         return next((c for c in self.current.get("conditions") or [] if c["type"] == ctype), {})
+
+
+def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    """RFC 7386, as the API server applies a status merge patch: null deletes, objects merge, the rest replaces."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            merge_patch(target[key], value)
+        else:
+            target[key] = _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items() if v is not None}
+    return value
 
 
 class FakeCloud:
@@ -182,6 +198,8 @@ class FakeCloud:
         self.groups: list[model.ObservedSecurityGroup] = []
         self.hidden: set[str] = set()  # launched, not listed yet (EC2's eventual consistency)
         self._ids = itertools.count(1)
+        # action type name (RunInstance, ...) -> errors AWS answers the next calls of that type with, in order
+        self.errors: dict[str, list[AwsError]] = {}
 
     def observed(self) -> model.ObservedCloud:
         live = tuple(
@@ -205,6 +223,15 @@ class FakeCloud:
         created: str | None = None
         mutations = 0
         for action in plan.mutating:
+            queued = self.errors.get(type(action).__name__)
+            if queued:  # AWS refuses this call: what the plan changed before it is the error's `partial`
+                exc = queued.pop(0)
+                exc.partial = actions.ActResult(
+                    launched=dict(launched), generations=dict(generations), created_group_id=created,
+                    started=tuple(started), terminated=tuple(terminated), mutations=mutations,
+                )  # fmt: skip
+                self.journal.append(("aws-error", type(action).__name__, exc.code))
+                raise exc
             mutations += 1
             self.journal.append(("aws", type(action).__name__))
             match action:
@@ -266,7 +293,9 @@ class FakeHosts:
     def __init__(self, journal: list[tuple[str, ...]]) -> None:
         self.journal = journal
         self.fail: dict[str, str] = {}  # instance id -> the state its pushes end in
+        self.fail_reverts: dict[str, str] = {}  # instance id -> the state its reverts end in
         self.pushes: list[tuple[str, tuple[str, ...]]] = []
+        self.pointing: dict[str, tuple[str, ...]] = {}  # what each host's files name now (absent: localhost)
 
     def push_hosts(self, *, hosts: Sequence[str], endpoints: Sequence[str], **_: Any) -> list[HostPushResult]:
         out = []
@@ -274,14 +303,50 @@ class FakeHosts:
             self.pushes.append((host, tuple(endpoints)))
             self.journal.append(("push", host, ",".join(endpoints)))
             state = self.fail.get(host, "Configured")
+            if state == "Configured":
+                self.pointing[host] = tuple(endpoints)
             out.append(HostPushResult(host, state, files=(("/edx/etc/lms.yml", "sha"),),  # type: ignore[arg-type]
                                       time=datetime.now(UTC), message=state.lower()))  # fmt: skip
         return out
 
-    def revert_hosts(self, *, hosts: Sequence[str], **_: Any) -> list[HostPushResult]:
+    def revert_hosts(
+        self, *, hosts: Sequence[str], current_endpoints: Sequence[str] = (), **_: Any
+    ) -> list[HostPushResult]:
+        out = []
         for host in hosts:
             self.journal.append(("revert", host))
-        return [HostPushResult(h, "Configured", message="reverted") for h in hosts]
+            state = self.fail_reverts.get(host, "Configured")
+            # like the real revert: only the endpoints the caller says it wrote go back to localhost
+            if state == "Configured" and set(self.pointing.get(host, ())) <= set(current_endpoints):
+                self.pointing.pop(host, None)
+            out.append(
+                HostPushResult(host, state, message="reverted" if state == "Configured" else "offline")
+            )  # type: ignore[arg-type]
+        return out
+
+
+class FakeClaims:
+    """The cluster-wide claim index (app/claims.py keeps it with kopf): every watched object's claims, read from
+    its current status in `FakeStatus` as kopf would re-index it after each status write."""
+
+    def __init__(self, status: FakeStatus) -> None:
+        self.status = status
+        self.objects: dict[str, dict[str, Any]] = {}  # name -> object as the API holds it
+
+    def watch(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self.objects[obj["metadata"]["name"]] = obj
+        return obj
+
+    def forget(self, obj: Mapping[str, Any]) -> None:
+        self.objects.pop(obj["metadata"]["name"], None)
+
+    def claimants(self, host_id: str) -> list[claims.Claim]:
+        found = []
+        for name, obj in self.objects.items():
+            claim = claims.claims_of({**obj, "status": self.status.by_name.get(name, {})}).get(host_id)
+            if claim is not None:
+                found.append(claim)
+        return found
 
 
 class FakeMemcached:
@@ -321,6 +386,7 @@ class World:
     events: list[tuple[str, str, str]]
     adapters: Adapters
     edx: FakeEdxHosts
+    claims: FakeClaims
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
@@ -340,6 +406,7 @@ def world() -> World:
     ssm = FakeSsm(journal, cloud, memcached)
     events: list[tuple[str, str, str]] = []
     lookups, edx, drift = FakeLookups(), FakeEdxHosts(), FakeDrift()
+    claims_index = FakeClaims(status)
 
     def record_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         events.append((type_, reason, message))
@@ -360,11 +427,21 @@ def world() -> World:
         revert_hosts=hosts.revert_hosts,
         probe_all=memcached.probe_all,
         probe_source_address=lambda endpoint: "10.0.200.7",  # the operator's pod address
+        claims=claims_index,
     )
-    return World(journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters, edx)
+    return World(
+        journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters, edx, claims_index
+    )
 
 
-def cache(name: str = "site", *, uid: str = "uid-1", generation: int = 1, **spec: Any) -> dict[str, Any]:
+def cache(
+    name: str = "site",
+    *,
+    uid: str = "uid-1",
+    generation: int = 1,
+    created: str = "2025-01-01T00:00:00Z",
+    **spec: Any,
+) -> dict[str, Any]:
     """An EdxRemoteCache as the API hands it to the operator (camelCase spec keys merged in)."""
     body: dict[str, Any] = {
         "region": REGION,
@@ -380,7 +457,13 @@ def cache(name: str = "site", *, uid: str = "uid-1", generation: int = 1, **spec
     return {
         "apiVersion": "edx-remote-cache.openedx.org/v1alpha1",
         "kind": "EdxRemoteCache",
-        "metadata": {"name": name, "namespace": "default", "uid": uid, "generation": generation},
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "uid": uid,
+            "generation": generation,
+            "creationTimestamp": created,
+        },
         "spec": body,
     }
 

@@ -339,3 +339,56 @@ def test_statuses_the_operator_writes_map_to_the_right_gitops_health(scenario: s
         obj["metadata"]["deletionTimestamp"] = "2025-03-04T11:00:00Z"
     assert argocd_health(obj)["status"] == argocd, obj["status"]["conditions"]
     assert flux_health(obj) == flux, obj["status"]["conditions"]
+
+
+def _retrying_status() -> dict[str, Any]:
+    message = (
+        "AWS InsufficientInstanceCapacity during RunInstances: We currently do not have sufficient t3.micro "
+        "capacity; attempt 3, next retry in 8s at 2025-03-04T10:00:08Z"
+    )
+    return _status_from_facts(
+        generation=2,
+        converging=True,
+        retry_reason="AwsRetrying",
+        retry_message=message,
+        security_group_ready=True,
+    )
+
+
+def test_a_retrying_aws_error_is_progressing_in_argo_with_the_code_attempt_and_next_retry() -> None:
+    obj = _retrying_status()
+    health = argocd_health(obj)
+    assert health["status"] == "Progressing"
+    assert health["message"].startswith(_condition(obj, "Reconciling")["message"])
+    assert "InsufficientInstanceCapacity" in health["message"] and "attempt 3" in health["message"]
+    assert flux_health(obj) == "InProgress"
+
+
+def test_a_terminal_run_instances_error_is_degraded_in_argo_naming_the_code() -> None:
+    obj = _status_from_facts(
+        generation=2,
+        terminal_error="InvalidParameterValue: Value (nope) for parameter iamInstanceProfile.name is invalid. "
+        "Invalid IAM Instance Profile name (during RunInstances)",
+    )
+    health = argocd_health(obj)
+    assert health["status"] == "Degraded"
+    assert health["message"].startswith("Stalled: InvalidParameterValue: Value (nope)")
+    assert _condition(obj, "Stalled")["reason"] == "InvalidParameterValue"
+    assert flux_health(obj) == "Failed"
+
+
+def test_a_host_another_object_manages_is_degraded_in_argo_naming_the_owner() -> None:
+    obj = _status_from_facts(
+        generation=1,
+        instances_running=1,
+        security_group_ready=True,
+        hosts_total=2,
+        hosts_configured=1,
+        cache_healthy=True,
+        hosts_claimed=("i-0abc: managed by openedx/campus (created earlier)",),
+    )
+    health = argocd_health(obj)
+    assert health["status"] == "Degraded"
+    assert "managed by openedx/campus" in health["message"]
+    assert _condition(obj, "HostsConfigured")["reason"] == "HostClaimed"
+    assert flux_health(obj) == "Failed"

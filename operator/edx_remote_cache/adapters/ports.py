@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from edx_remote_cache.domain.claims import Claim
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -58,3 +60,12 @@ class EventSink(Protocol):
     """Posts a Kubernetes Event about an object (best effort: never raises)."""
 
     def __call__(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None: ...
+
+
+class HostClaims(Protocol):
+    """Every watched EdxRemoteCache's claim on one Open edX host (domain/claims.py decides who owns it).
+
+    The operator keeps it as a kopf index over all objects (app/claims.py); tests/reconciler fakes it.
+    """
+
+    def claimants(self, host_id: str) -> Sequence[Claim]: ...

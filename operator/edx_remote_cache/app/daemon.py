@@ -13,7 +13,10 @@ from edx_remote_cache.reconciler.reconciler import Reconciler, RequeueError
 
 log = logging.getLogger(__name__)
 
-_VIEW_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+_VIEW_METADATA = (
+    "name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp",
+    "creationTimestamp",  # the oldest object owns a host several name (domain/claims.py)
+)  # fmt: skip
 
 
 def daemon_view(body: kopf.Body, reconciler: Reconciler) -> dict[str, Any]:

@@ -17,9 +17,11 @@ import kopf
 from edx_remote_cache import GROUP, PLURAL, VERSION
 from edx_remote_cache.adapters.metrics import serve
 from edx_remote_cache.adapters.probe import close_pooled_connections
+from edx_remote_cache.app.claims import IndexedClaims, index_claims
 from edx_remote_cache.app.daemon import run_daemon
 from edx_remote_cache.app.settings import Settings
 from edx_remote_cache.app.wiring import build_reconciler
+from edx_remote_cache.domain.claims import Claim
 from edx_remote_cache.reconciler.reconciler import RequeueError
 
 registry = kopf.OperatorRegistry()
@@ -44,8 +46,16 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
+@kopf.index(*RESOURCE, registry=registry)
+def edx_host_claims(body: kopf.Body, **_: Any) -> dict[str, Claim]:
+    """Which object names which Open edX host (one host, one owner: domain/claims.py)."""
+    return index_claims(body)
+
+
 @kopf.on.startup(registry=registry)
-async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def startup(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, edx_host_claims: kopf.Index[str, Claim], **_: Any
+) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
@@ -61,7 +71,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     if _settings.peering_lifetime:
         settings.peering.lifetime = max(2, int(_settings.peering_lifetime))
-    memo.reconciler = build_reconciler(_settings)
+    memo.reconciler = build_reconciler(_settings, claims=IndexedClaims(edx_host_claims))
     if _settings.metrics_port:
         serve(
             _settings.metrics_port,

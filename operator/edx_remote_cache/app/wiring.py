@@ -23,8 +23,10 @@ from edx_remote_cache.adapters.aws import (
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.kube_status import KubernetesStatusWriter
 from edx_remote_cache.adapters.metrics import Metrics
+from edx_remote_cache.adapters.ports import HostClaims
 from edx_remote_cache.adapters.ssm import SsmAdapter
 from edx_remote_cache.app.settings import Settings
+from edx_remote_cache.domain.claims import NO_RIVALS
 from edx_remote_cache.reconciler.reconciler import Adapters, Reconciler
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) ->
         log.debug("could not post event %s", reason, exc_info=True)
 
 
-def build_reconciler(settings: Settings) -> Reconciler:
+def build_reconciler(settings: Settings, *, claims: HostClaims = NO_RIVALS) -> Reconciler:
     metrics = Metrics()
     regional = Regional(metrics)
     return Reconciler(
@@ -111,5 +113,6 @@ def build_reconciler(settings: Settings) -> Reconciler:
             probe_sources=settings.probe_sources,
             events=post_event,
             metrics=metrics,
+            claims=claims,
         )
     )

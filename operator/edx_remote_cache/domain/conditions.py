@@ -112,6 +112,12 @@ class Facts:
     cold_cache: bool = False  # fresh cache after a replacement: hit ratio ~0 is expected, not a failure
     converging: bool = False  # the plan still has actions
     healing: str | None = None  # current heal step, e.g. "replacing i-0abc (unreachable for 5m)"
+    # a retryable AWS/SSM error being retried: Reconciling's reason (AwsRetrying, SsmRetrying) and message
+    # (code, message, attempt, next retry time: it changes with every attempt, and is written with each)
+    retry_reason: str = ""
+    retry_message: str = ""
+    # hosts another object manages ("i-0abc: managed by ns/name"): never touched by this one
+    hosts_claimed: tuple[str, ...] = ()
     deleting: bool = False
 
 
@@ -164,7 +170,7 @@ def _instances_ok(facts: Facts) -> bool:
 
 
 def _hosts_ok(facts: Facts) -> bool:
-    if facts.host_problems or facts.rollout_halted or facts.hosts_not_found:
+    if facts.host_problems or facts.rollout_halted or facts.hosts_not_found or facts.hosts_claimed:
         return False
     if facts.hosts_total == 0:
         return facts.instances_desired == 0
@@ -212,6 +218,9 @@ def _hosts_condition(facts: Facts) -> tuple[str, str, str]:
         return "False", "HostNotFound", f"{counts}; {missing}"
     if facts.rollout_halted:
         return "False", "RolloutHalted", f"{counts}; {facts.rollout_halted}"
+    if facts.hosts_claimed:  # settled until the other object lets go (or this spec changes): not "waiting"
+        problems = _problems_text([*facts.hosts_claimed, *facts.host_problems])
+        return "False", "HostClaimed", f"{counts}; {problems}"
     if facts.host_problems:
         return "False", "HostProblems", f"{counts}; {_problems_text(facts.host_problems)}"
     if facts.hosts_total == 0:
@@ -270,6 +279,7 @@ def _waiting_on(facts: Facts) -> str | None:
     if (
         not facts.host_problems
         and not facts.hosts_not_found
+        and not facts.hosts_claimed
         and (
             facts.hosts_configured < facts.hosts_total or (facts.hosts_total == 0 and facts.instances_desired)
         )
@@ -288,6 +298,8 @@ def _reconciling_condition(facts: Facts) -> tuple[str, str, str]:
         return "True", "Deleting", "deleting cloud resources"
     if facts.paused:
         return "False", "Paused", f"reconciliation is paused ({facts.paused_by}); nothing will be changed"
+    if facts.retry_message:
+        return "True", facts.retry_reason or "AwsRetrying", facts.retry_message
     if facts.healing:
         return "True", "Healing", f"healing: {facts.healing}"
     if facts.rollout_halted and not facts.converging:
@@ -359,7 +371,13 @@ def compute_phase(facts: Facts) -> str:
     if _all_parts_ok(facts):
         return "Ready"
     cache_doubtful = facts.cache_healthy is False or bool(facts.cache_unknown_reason)
-    if facts.host_problems or facts.rollout_halted or facts.hosts_not_found or cache_doubtful:
+    if (
+        facts.host_problems
+        or facts.rollout_halted
+        or facts.hosts_not_found
+        or facts.hosts_claimed
+        or cache_doubtful
+    ):
         return "Degraded"
     if not _instances_ok(facts) or facts.security_group_ready is not True:
         nothing_yet = facts.instances_running == 0 and facts.security_group_ready is None

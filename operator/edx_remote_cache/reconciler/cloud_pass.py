@@ -30,6 +30,7 @@ from edx_remote_cache.domain.cloud.model import EdxHost, Owner
 from edx_remote_cache.domain.cloud.normalize import edx_security_groups
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec, instance_architecture
+from edx_remote_cache.reconciler.retrying import unmade_launches
 from edx_remote_cache.reconciler.state import (
     Adapters,
     CloudOutcome,
@@ -136,11 +137,13 @@ class CloudPass:
                 )
             except (TerminalAwsError, RetryableAwsError) as exc:
                 partial = exc.partial
+                unmade = unmade_launches(tokens, exc, partial)  # refused or never called: nothing launched
+                launches = {t: at for t, at in launches.items() if t not in unmade}
                 if partial is not None:
                     launches = record_launches(launches, partial, now=adapters.clock())
                     confirmed |= {*partial.launched, *partial.spent_tokens}
                     replacements = record_replacements(replacements, partial)
-                    await self.save_progress(obj, state, launches, replacements, times, confirmed)
+                await self.save_progress(obj, state, launches, replacements, times, confirmed)
                 observer.invalidate(owner)
                 raise
             result = done

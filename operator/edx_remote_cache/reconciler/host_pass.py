@@ -248,7 +248,7 @@ class HostPass:
         for a rollback) or need a human: again only when the spec or the endpoints changed, or after a back-off
         that doubles from HOST_RETRY_MIN_SECONDS (at least 2 drift intervals) to HOST_RETRY_MAX_SECONDS.
         """
-        if previous is None or previous.state in ("Pending", "Unreachable"):
+        if previous is None or previous.state in ("Pending", "Unreachable", "Claimed"):  # Claimed: taken over
             return True
         if previous.state not in HOST_RETRY_STATES:
             return False

@@ -1,6 +1,7 @@
 """The façade: one `Reconciler` per operator process, each object's pass made of named steps.
 
-    reconcile = parse spec -> CloudPass (observe, diff, act) -> HostPass (push, drift) -> Prober -> StatusPublisher
+    reconcile = parse spec -> CloudPass (observe, diff, act) -> ClaimStep (whose hosts) -> HostPass (push, drift)
+                -> Prober -> StatusPublisher
     probe_once = Prober (from the daemon, every probe.intervalSeconds)
     heal = Healer (restart memcached -> start / relaunch -> replace, rate limited)
     teardown = Teardown (revert hosts -> terminate -> delete the security group)
@@ -28,10 +29,12 @@ from edx_remote_cache.domain.spec import (
     parse_spec,
     where_it_runs,
 )
+from edx_remote_cache.reconciler.claims import ClaimStep
 from edx_remote_cache.reconciler.cloud_pass import CloudPass
 from edx_remote_cache.reconciler.healing import Healer
 from edx_remote_cache.reconciler.host_pass import HostPass
 from edx_remote_cache.reconciler.probing import Prober
+from edx_remote_cache.reconciler.retrying import RetryRecord
 from edx_remote_cache.reconciler.state import (
     PAUSE_ANNOTATION,
     Adapters,
@@ -55,6 +58,7 @@ class Reconciler:
         self.states: dict[str, ResourceState] = {}
         self.status = StatusPublisher(adapters)
         self.cloud = CloudPass(adapters, self.status)
+        self.claims = ClaimStep(adapters)
         self.hosts = HostPass(adapters)
         self.onsets = RegionOnsets()  # every endpoint's failure onset, per region: the breaker's input
         self.prober = Prober(adapters, self.status, self.onsets)
@@ -105,6 +109,11 @@ class Reconciler:
     async def reconcile(self, obj: Mapping[str, Any], *, trigger: str = "spec") -> None:
         """Converge one resource. Raises RequeueError when it should run again soon."""
         state = self.state(obj)
+        retry = state.retry
+        wait = retry.next_at - self.adapters.clock() if retry is not None else 0.0
+        if retry is not None and retry.generation == ObjectRef.of(obj).generation and wait > 0.05:
+            # backing off: no trigger (kopf's retry, the daemon's drift pass, healing) calls AWS before it is due
+            raise RequeueError(f"backing off: {retry.describe(self.adapters.clock())}", delay=wait)
         started = time.monotonic()
         outcome = "ok"
         try:
@@ -144,16 +153,24 @@ class Reconciler:
             cloud = await self.cloud.run(obj, state, spec, ref.owner, mutate=not paused)
         except TerminalAwsError as exc:
             state.stalled_generation = ref.generation
-            facts = Facts(generation=ref.generation, terminal_error=f"{exc.code}: {exc.message}")
+            during = f" (during {exc.operation})" if exc.operation else ""
+            facts = Facts(generation=ref.generation, terminal_error=f"{exc.code}: {exc.message}{during}")
             await self.status.publish(obj, state, facts)
             return
         except RetryableAwsError as exc:
-            await self._retrying(obj, state, ref, exc)
-            raise RequeueError(f"AWS {exc.code}: {exc.message}", delay=5.0) from exc
-        hosts = await self.hosts.run(obj, state, spec, cloud, mutate=not paused, trigger=trigger)
+            record = await self._retrying(obj, state, ref, exc)
+            raise RequeueError(record.describe(self.adapters.clock()), delay=record.delay) from exc
+        retried, state.retry = state.retry, None
+        if retried is not None:
+            self.adapters.events(obj, "Normal", "Retried", f"{retried.service} {retried.code} cleared "
+                                 f"after {retried.attempt} attempt(s)")  # fmt: skip
+        claims = await self.claims.settle(obj, state, spec, cloud, mutate=not paused)
+        pushed = await self.hosts.run(obj, state, spec, claims.cloud, mutate=not paused, trigger=trigger)
+        hosts = claims.merge(pushed)
         await self.prober.probe(obj, state, spec, cloud.endpoints)
         facts = self.status.facts(state, spec, ref.generation, cloud, hosts, paused_by=paused_by)
-        await self.status.publish(obj, state, facts, **self.status.cloud_parts(cloud, spec, hosts, state))
+        parts = self.status.cloud_parts(cloud, spec, hosts, state)
+        await self.status.publish(obj, state, facts, retry=None, **parts)
         if cloud.plan.mutating or cloud.plan.of_type(WaitFor):
             raise RequeueError("cloud resources are still converging", delay=2.0)
         if not paused and state.rollout is None and any(h.state == "Pending" for h in hosts):
@@ -186,17 +203,27 @@ class Reconciler:
 
     async def _retrying(
         self, obj: Mapping[str, Any], state: ResourceState, ref: ObjectRef, exc: RetryableAwsError
-    ) -> None:
-        """A retryable AWS error: say so in status (or, for a generation not applied yet, in one Event)."""
-        if state.facts is not None and state.facts.generation == ref.generation:
-            await self.status.publish(obj, state, dataclasses.replace(state.facts, converging=True))
-        elif not state.status.get("conditions"):
-            await self.status.publish(obj, state, Facts(generation=ref.generation, converging=True))
-        else:  # a new generation not applied yet: the status keeps describing the last one it was
-            message = f"generation {ref.generation} not applied yet: AWS {exc.code}: {exc.message}"
-            if message != state.retry_message:
-                self.adapters.events(obj, "Warning", "AwsRetrying", message)
-            state.retry_message = message
+    ) -> RetryRecord:
+        """A retryable error, in status from its first occurrence: Reconciling=True (AwsRetrying/SsmRetrying)
+        with the code, message, attempt and next retry time, and `status.retry`; one Warning per code."""
+        now = self.adapters.clock()
+        record = RetryRecord.after(state.retry, exc, now=now, generation=ref.generation)
+        state.retry = record
+        # the parts keep what was last observed (a throttled drift pass does not make a working cache unready)
+        base = state.facts or Facts(generation=ref.generation)
+        facts = dataclasses.replace(
+            base,
+            generation=ref.generation,
+            converging=True,
+            retry_reason=record.reason,
+            retry_message=record.describe(now),
+        )
+        await self.status.publish(obj, state, facts, retry=record.to_status())
+        episode = f"{record.service} {record.code} {record.operation}"
+        if episode != state.retry_message:
+            self.adapters.events(obj, "Warning", record.reason, record.describe(now))
+        state.retry_message = episode
+        return record
 
     async def probe_once(self, obj: Mapping[str, Any]) -> list[ProbeResult]:
         """One probe round from the daemon: updates health, conditions and (when due) the heartbeat."""

@@ -19,15 +19,17 @@ from edx_remote_cache.adapters.aws import AwsClients, CloudLookups, EdxHostDirec
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
-from edx_remote_cache.adapters.ports import EventSink, StatusWriter
+from edx_remote_cache.adapters.ports import EventSink, HostClaims, StatusWriter
 from edx_remote_cache.adapters.probe import ProbeResult
 from edx_remote_cache.adapters.ssm import SsmAdapter
+from edx_remote_cache.domain.claims import NO_RIVALS
 from edx_remote_cache.domain.cloud.actions import ActResult, Plan
 from edx_remote_cache.domain.cloud.desired import DesiredCacheHost
 from edx_remote_cache.domain.cloud.model import ObservedCloud, Owner
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.domain.vantage import Doubt, HostOpinion
+from edx_remote_cache.reconciler.retrying import RetryRecord
 
 PAUSE_ANNOTATION = "edx-remote-cache.openedx.org/paused"
 # Set (to any new value) to resume a rollout halted at openedx.rollout.maxErrors; the value present when the
@@ -66,6 +68,7 @@ class Adapters:
     revert_hosts: Callable[..., list[HostPushResult]] = host_push.revert_hosts
     probe_all: Callable[..., Awaitable[list[ProbeResult]]] = probe.probe_all
     probe_source_address: Callable[[str], str | None] = probe.source_address  # named in ProbePathBlocked
+    claims: HostClaims = NO_RIVALS  # who else names each Open edX host (the operator: a kopf index)
 
 
 class ObjectRef(NamedTuple):
@@ -137,6 +140,7 @@ class ResourceState:
         None  # Stalled by the replacement limit; lifts when the cache answers or the spec changes
     )
     heal_stall_generation: int = 0
+    retry: RetryRecord | None = None  # the current retryable-error episode; None once a pass gets through
 
 
 @dataclasses.dataclass

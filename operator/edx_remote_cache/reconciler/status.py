@@ -61,10 +61,7 @@ class StatusPublisher:
             and not status_changed(settled(state.status), settled(new))
         ):
             return False
-        patch = dict(new)
-        for key in state.status:  # a merge patch keeps keys it does not mention: clear the ones we dropped
-            if key not in patch:
-                patch[key] = None
+        patch = merge_patch(state.status, new)
         await self.adapters.status.patch_status(ref.namespace, ref.name, patch)
         self.adapters.metrics.status_writes.labels(ref.namespace, ref.name).inc()
         state.status = {k: v for k, v in new.items() if v is not None}
@@ -134,7 +131,7 @@ class StatusPublisher:
         problems = tuple(
             f"{h.instance_id}: {h.state} ({h.message})"
             for h in hosts
-            if h.state not in ("Configured", "Pending")
+            if h.state not in ("Configured", "Pending", "Claimed")
         )
         return Facts(
             generation=generation,
@@ -149,6 +146,7 @@ class StatusPublisher:
             host_problems=problems,
             hosts_not_found=state.missing_hosts,
             rollout_halted=state.rollout.message if state.rollout is not None else "",
+            hosts_claimed=tuple(f"{h.instance_id}: {h.message}" for h in hosts if h.state == "Claimed"),
             converging=bool(cloud.plan.actions),
             healing=state.healing,
             terminal_error=state.heal_stall,  # the replacement limit: still probed, lifts when the cache answers
@@ -220,6 +218,18 @@ class StatusPublisher:
             consecutive_failures=state.consecutive_failures,
             previous=state.status.get("health"),
         )
+
+
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``new`` as a JSON merge patch over ``old``: a merge patch keeps keys it does not mention, at every depth,
+    so a key dropped anywhere is sent as null (a launch token dropped from progress.launches, a map emptied)."""
+    patch = dict(new)
+    for key, before in old.items():
+        if key not in patch:
+            patch[key] = None
+        elif isinstance(before, Mapping) and isinstance(patch[key], Mapping):
+            patch[key] = merge_patch(before, patch[key])
+    return patch
 
 
 def settled(status: Mapping[str, Any]) -> dict[str, Any]:

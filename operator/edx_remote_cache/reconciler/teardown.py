@@ -15,8 +15,10 @@ from typing import Any
 
 from edx_remote_cache.adapters.aws import RetryableAwsError
 from edx_remote_cache.adapters.host_push import HostPushResult
+from edx_remote_cache.domain.claims import held_hosts
 from edx_remote_cache.domain.cloud.teardown import teardown_plan
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
+from edx_remote_cache.reconciler.claims import known_endpoints
 from edx_remote_cache.reconciler.cloud_pass import CONVERGE_BUDGET_SECONDS, REOBSERVE_DELAY_SECONDS
 from edx_remote_cache.reconciler.state import Adapters, ObjectRef, RequeueError, ResourceState
 
@@ -41,11 +43,8 @@ class Teardown:
         self, obj: Mapping[str, Any], state: ResourceState, spec: EdxRemoteCacheSpec, *, retry: int
     ) -> None:
         status = state.status or dict(obj.get("status") or {})
-        # every endpoint a host may name: the last complete push, and what a partial push may have written
-        known = [*(status.get("pushedEndpoints") or []), *(status.get("endpoints") or [])]
-        known += [e for targets in state.host_targets.values() for e in targets]
-        pushed = list(dict.fromkeys(known))
-        hosts = [h["instanceId"] for h in status.get("hosts") or [] if h.get("state") != "Pending"]
+        pushed = known_endpoints(state, status)
+        hosts = list(held_hosts(status))  # never a Claimed host: another object manages it
         if not (spec.revert_hosts_on_delete and hosts and pushed) or status.get("hostsReverted"):
             return
         results = await asyncio.to_thread(

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edx_remote_cache.sandbox.aws import ApiError, Request
 from edx_remote_cache.sandbox.edx_hosts import set_supervisorctl_failing
 
 if TYPE_CHECKING:
@@ -21,6 +23,9 @@ class Faults:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self._sandbox = sandbox
+        self._lock = threading.Lock()
+        self._failures: dict[tuple[str, str], list[tuple[str, str, int]]] = {}  # see fail_calls
+        self._failing: set[tuple[str, str]] = set()  # calls with a hook installed
 
     # -- memcached ----------------------------------------------------------------------------------------------------
 
@@ -47,6 +52,38 @@ class Faults:
 
     def terminate_instance(self, instance_id: str) -> None:
         self._sandbox._ec2_internal().terminate_instances(InstanceIds=[instance_id])
+
+    def fail_calls(
+        self,
+        operation: str,
+        code: str,
+        message: str,
+        *,
+        times: int = 1,
+        service: str = "ec2",
+        status: int = 400,
+    ) -> None:
+        """AWS answers the code under test's next ``times`` ``operation`` calls with ``code`` (e.g. RunInstances
+        with InsufficientInstanceCapacity); nothing reaches moto, so nothing is launched. ``times=0`` stops it.
+        The call recorder keeps each refused call with its error code and time."""
+        key = (service, operation)
+        with self._lock:
+            self._failures[key] = [(code, message, status)] * max(0, times)
+            if key in self._failing:
+                return
+            self._failing.add(key)
+
+        def refuse(request: Request) -> None:
+            if request.internal:
+                return
+            with self._lock:
+                queued = self._failures.get(key)
+                if not queued:
+                    return
+                failure = queued.pop(0)
+            raise ApiError(*failure)
+
+        self._sandbox._aws().frontend.on_before(service, operation, refuse)
 
     def hide_new_instances(self, seconds: float) -> None:
         """From now on, each instance the operator launches is invisible to DescribeInstances for ``seconds``

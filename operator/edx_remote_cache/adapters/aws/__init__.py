@@ -24,9 +24,11 @@ from edx_remote_cache.adapters.aws.clients import (
 )
 from edx_remote_cache.adapters.aws.errors import (
     ALREADY_DONE,
+    CONNECTION_ERROR,
     RETRYABLE_CODES,
     SPENT_TOKEN_CODES,
     TERMINAL_CODES,
+    TERMINAL_FOR_CALL,
     TERMINAL_PREFIXES,
     AwsError,
     RetryableAwsError,
@@ -47,6 +49,7 @@ from edx_remote_cache.adapters.aws.observe import (
 __all__ = [
     "ALREADY_DONE",
     "AMI_PARAMETER_TTL_SECONDS",
+    "CONNECTION_ERROR",
     "DEFAULT_MAX_ATTEMPTS",
     "FILTER_VALUES_LIMIT",
     "LIVE_STATES",
@@ -55,6 +58,7 @@ __all__ = [
     "RETRYABLE_CODES",
     "SPENT_TOKEN_CODES",
     "TERMINAL_CODES",
+    "TERMINAL_FOR_CALL",
     "TERMINAL_PREFIXES",
     "AwsClients",
     "AwsError",

@@ -88,18 +88,27 @@ ALREADY_DONE: Mapping[str, frozenset[str]] = {
     ),
     "CreateSecurityGroup": frozenset({"InvalidGroup.Duplicate"}),
 }
+# Per call, codes AWS documents as the caller's mistake for *that* call, terminal whatever the general table says.
+# RunInstances with an unknown instance profile: AWS answers InvalidParameterValue ("Invalid IAM Instance Profile
+# name"), IAM-backed emulators (moto) NoSuchEntity; retrying either every few minutes only hid it in the log.
+TERMINAL_FOR_CALL: Mapping[str, frozenset[str]] = {
+    "RunInstances": frozenset({"InvalidParameterValue", "NoSuchEntity", "InvalidSubnetID.NotFound"}),
+}
 # RunInstances codes that mean this client token can never launch again: move to the next generation.
 SPENT_TOKEN_CODES = frozenset({"IdempotentParameterMismatch", "IdempotentInstanceTerminated"})
+# Not an AWS code: the call failed on the way (connection refused, reset, read timeout); it may have been carried out.
+CONNECTION_ERROR = "ConnectionError"
 
 
 class AwsError(Exception):
     """An AWS call failed; `partial` is what the plan had already changed before it (record it)."""
 
-    def __init__(self, code: str, message: str, *, operation: str = "") -> None:
+    def __init__(self, code: str, message: str, *, operation: str = "", service: str = "") -> None:
         super().__init__(f"{code}: {message}" + (f" (during {operation})" if operation else ""))
         self.code = code
         self.message = message
         self.operation = operation
+        self.service = service  # "ec2", "ssm": status says AwsRetrying or SsmRetrying
         self.partial: ActResult | None = None
 
 
@@ -115,17 +124,25 @@ def is_terminal_code(code: str) -> bool:
     return code in TERMINAL_CODES or code.startswith(TERMINAL_PREFIXES)
 
 
-def classify(code: str, message: str, *, operation: str = "", http_status: int = 400) -> AwsError:
+def classify(
+    code: str, message: str, *, operation: str = "", http_status: int = 400, service: str = ""
+) -> AwsError:
     """The error table in one place.
 
     Codes in neither table are retryable, 4xx included: a transient code missing from the table must not
-    stall a resource forever, and the error still shows in status on every retry.
+    stall a resource forever, and the error shows in status (Reconciling, AwsRetrying) from its first retry.
     """
+    if code in TERMINAL_FOR_CALL.get(operation, frozenset()):
+        return TerminalAwsError(code, message, operation=operation, service=service)
     if code in RETRYABLE_CODES or http_status >= 500:
-        return RetryableAwsError(code, message, operation=operation)
+        return RetryableAwsError(code, message, operation=operation, service=service)
     if is_terminal_code(code):
-        return TerminalAwsError(code, message, operation=operation)
-    return RetryableAwsError(code, message, operation=operation)
+        return TerminalAwsError(code, message, operation=operation, service=service)
+    return RetryableAwsError(code, message, operation=operation, service=service)
+
+
+def _service(client: Any) -> str:
+    return str(getattr(getattr(getattr(client, "meta", None), "service_model", None), "service_name", ""))
 
 
 def _error_code(exc: botocore.exceptions.ClientError) -> tuple[str, str, int]:
@@ -143,9 +160,14 @@ def _call(client: Any, method: str, **params: Any) -> dict[str, Any] | None:
         code, message, status = _error_code(exc)
         if code in ALREADY_DONE.get(operation, frozenset()):
             return None
-        raise classify(code, message, operation=operation, http_status=status) from exc
+        raise classify(
+            code, message, operation=operation, http_status=status, service=_service(client)
+        ) from exc
     except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
-        raise RetryableAwsError("ConnectionError", str(exc), operation=operation) from exc
+        # the request may have reached AWS: the outcome is unknown (cloud_pass keeps the launch token)
+        raise RetryableAwsError(
+            CONNECTION_ERROR, str(exc), operation=operation, service=_service(client)
+        ) from exc
 
 
 def _paginate(client: Any, method: str, key: str, **params: Any) -> Iterator[dict[str, Any]]:
@@ -155,6 +177,11 @@ def _paginate(client: Any, method: str, key: str, **params: Any) -> Iterator[dic
             yield from page.get(key, ())
     except botocore.exceptions.ClientError as exc:
         code, message, status = _error_code(exc)
-        raise classify(code, message, operation=operation, http_status=status) from exc
+        raise classify(
+            code, message, operation=operation, http_status=status, service=_service(client)
+        ) from exc
     except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
-        raise RetryableAwsError("ConnectionError", str(exc), operation=operation) from exc
+        # the request may have reached AWS: the outcome is unknown (cloud_pass keeps the launch token)
+        raise RetryableAwsError(
+            CONNECTION_ERROR, str(exc), operation=operation, service=_service(client)
+        ) from exc

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 from edx_remote_cache.domain.rewrite import is_local_endpoint
 
-HostState = Literal["Configured", "Pending", "Unreachable", "Conflict", "RolledBack", "Failed"]
+# Claimed is the reconciler's, never a push's: another EdxRemoteCache manages the host (domain/claims.py).
+HostState = Literal["Configured", "Pending", "Unreachable", "Conflict", "RolledBack", "Failed", "Claimed"]
 HOST_STATES: tuple[HostState, ...] = (
     "Configured",
     "Pending",
@@ -17,6 +18,7 @@ HOST_STATES: tuple[HostState, ...] = (
     "Conflict",
     "RolledBack",
     "Failed",
+    "Claimed",
 )
 # What counts against rollout.maxErrors. Unreachable does not: like SSM's "Undeliverable", nothing was sent,
 # so it says nothing about whether the change is bad (the host is retried on the next reconcile).

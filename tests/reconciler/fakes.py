@@ -21,6 +21,7 @@ from edx_remote_cache import OWNER_UID_TAG
 from edx_remote_cache.adapters.aws import ImageInfo
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
+from edx_remote_cache.adapters.ports import StatusUnavailable
 from edx_remote_cache.adapters.probe import ProbeResult
 from edx_remote_cache.domain.cloud import actions, model
 from edx_remote_cache.reconciler.state import Adapters
@@ -131,8 +132,11 @@ class FakeStatus:
         self.journal = journal
         self.patches: list[dict[str, Any]] = []
         self.current: dict[str, Any] = {}
+        self.unavailable = False  # the API server is away: every write raises StatusUnavailable
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        if self.unavailable:
+            raise StatusUnavailable("connection refused")
         self.patches.append(dict(status))
         self.journal.append(("status", name))
         for key, value in status.items():

@@ -48,8 +48,13 @@ class SsmRunner(Protocol):
     ) -> CommandResult: ...
 
 
+class StatusUnavailable(Exception):
+    """The Kubernetes API could not take a status write right now (unreachable, 5xx, 429): nothing was written;
+    the same status can be written later. Any other failure (a 422, a bug) is raised as itself."""
+
+
 class StatusWriter(Protocol):
-    """Merge-patches an EdxRemoteCache's `status` subresource."""
+    """Merge-patches an EdxRemoteCache's `status` subresource; raises StatusUnavailable when the API is away."""
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
 

@@ -9,6 +9,7 @@ Parts (each also selectable with ``--only``):
 * lifecycle  bench/lifecycle.py: Ready, detect refused/hung, heal, replace, idle status writes (real operator)
 * scale      bench/scale.py: N resources at steady state: AWS calls per drift interval, operator RSS/CPU
 * network    bench/network.py: sandbox start-up and the cost of one launched instance in the sandbox VPC
+* ha         bench/ha.py: failover to the standby replica (SIGKILL) and relaunch after a crash before RunInstances
 
 Results go to bench/out/results.json (``--out``): ``figures`` (name → median/min/max/n, target, met, and what was
 measured), ``details`` (per-part context: configuration, per-window breakdowns) and ``meta``. ``--smoke`` runs a
@@ -35,7 +36,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(ROOT / "operator"))
 
-PARTS = ("rewrite", "probe", "lifecycle", "scale", "network")
+PARTS = ("rewrite", "probe", "lifecycle", "scale", "network", "ha")
 
 
 # name, target, unit, how the target reads in the table; `met` compares the median with the target
@@ -68,6 +69,9 @@ FIXED_TARGETS = {
     "status_writes_per_minute_idle": 2.0,
     "sandbox_start_seconds": 5.0,
     "instance_launch_ms": 200.0,
+    "failover_seconds": 20.0,
+    "crash_relaunch_seconds": 10.0,
+    "describe_calls_per_second_max": 5.0,  # per region (bench/ha.py: one region, one resource)
 }
 
 
@@ -180,6 +184,12 @@ def _start_profile(pid: int, out: Path, seconds: float) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the table
+
+
+def part_ha(args: argparse.Namespace) -> dict[str, Any]:
+    from ha import run_ha
+
+    return run_ha(reps=1 if args.smoke else 3, out_dir=args.out_dir, env_extra=_env_extra(args), log=log)
 
 
 def _target(name: str, fig: dict[str, Any], details: dict[str, Any]) -> float | None:
@@ -318,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "lifecycle": part_lifecycle,
         "scale": part_scale,
         "network": part_network,
+        "ha": part_ha,
     }
     for part in PARTS:
         if part not in parts_wanted:

@@ -22,6 +22,7 @@ from edx_remote_cache import OWNER_UID_TAG
 from edx_remote_cache.adapters.aws import AwsError, ImageInfo
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
+from edx_remote_cache.adapters.ports import StatusUnavailable
 from edx_remote_cache.adapters.probe import ProbeResult
 from edx_remote_cache.domain import claims
 from edx_remote_cache.domain.cloud import actions, model
@@ -161,8 +162,11 @@ class FakeStatus:
         self.patches: list[dict[str, Any]] = []
         self.current: dict[str, Any] = {}  # the last patched object's status
         self.by_name: dict[str, dict[str, Any]] = {}  # every object's status, by name
+        self.unavailable = False  # the API server is away: every write raises StatusUnavailable
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        if self.unavailable:
+            raise StatusUnavailable("connection refused")
         self.patches.append(dict(status))
         self.journal.append(("status", name))
         self.current = self.by_name.setdefault(name, {})

@@ -449,6 +449,37 @@ def test_watch_expired_resource_version_answers_410() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_an_outage_closes_the_port_keeps_the_state_and_watches_resume_or_expire() -> None:
+    with KubeApi() as api:
+        api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "before"}})
+        since = api.emulator.resource_version
+        port = api.port
+        api.stop_listening()
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # clients cannot reach it
+        # a write while the operator cannot reach the server (a partition): the helpers still can
+        api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "during"}})
+        api.start_listening()
+        assert api.port == port and api.listening
+        path = "/api/v1/namespaces/default/configmaps?watch=true&timeoutSeconds=1"
+        events = watch_lines(api, f"{path}&resourceVersion={since}")  # resumed: exactly what was missed
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "during")]
+
+        api.stop_listening()
+        api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "compacted"}})
+        api.start_listening(compact=True)
+        events = watch_lines(api, f"{path}&resourceVersion={since}")
+        assert [e["object"]["code"] for e in events] == [410], "an old resourceVersion must list again"
+        current = api.emulator.resource_version
+        assert watch_lines(api, f"{path}&resourceVersion={current}") == []  # a fresh list's version is fine
+        assert {o["metadata"]["name"] for o in api.list_objects(kind="ConfigMap", namespace="default")} >= {
+            "before",
+            "during",
+            "compacted",
+        }
+
+
+@pytest.mark.timeout(60)
 def test_conflicts_and_json_patch_test_failures(
     kube: KubeApi, make_operator: Callable[..., Operator]
 ) -> None:

@@ -29,6 +29,9 @@ FIGURES = (
     "probe_round_seconds_500",
     "rewrite_ms_64k",
     "status_writes_per_minute_idle",
+    "failover_seconds",
+    "crash_relaunch_seconds",
+    "describe_calls_per_second_max",
 )
 
 

@@ -89,7 +89,8 @@ def _run(ssm: SsmRunner, host: str, script: str, *, timeout: float, comment: str
     try:
         return ssm.run_script(host, script, timeout=timeout, comment=comment)
     except SsmError as exc:
-        raise _HostProblem("Unreachable" if exc.unreachable else "Failed", str(exc)) from None
+        state: HostState = "Pending" if exc.transient else "Unreachable" if exc.unreachable else "Failed"
+        raise _HostProblem(state, str(exc)) from None
 
 
 def _require_success(result: CommandResult, what: str) -> None:
@@ -346,6 +347,11 @@ def _push(
         pings = dict(ssm.ping_statuses(order)) if order else {}
     except SsmError as exc:
         now = clock()
+        if exc.transient:  # AWS is busy, not the hosts: nothing was sent, so each keeps its last result
+            return [
+                previous.get(h) or HostPushResult(h, "Pending", (), None, now, f"waiting for SSM: {exc}")
+                for h in order
+            ]
         return [
             HostPushResult(
                 h,

@@ -11,6 +11,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from edx_remote_cache import GROUP, PLURAL, VERSION
+from edx_remote_cache.adapters.ports import StatusUnavailable
+
+# One write may not hold an object's lock for long when the API server hangs (connect, read) in seconds.
+REQUEST_TIMEOUT = (5, 15)
 
 
 class KubernetesStatusWriter:
@@ -29,6 +33,7 @@ class KubernetesStatusWriter:
         self.writes = 0
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        import urllib3
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -41,9 +46,14 @@ class KubernetesStatusWriter:
                 name,
                 {"status": dict(status)},
                 _content_type="application/merge-patch+json",
+                _request_timeout=REQUEST_TIMEOUT,
             )
         except ApiException as exc:
             if exc.status == 404:  # the object is gone: nothing to report on
                 return
+            if exc.status == 429 or exc.status >= 500:
+                raise StatusUnavailable(f"{exc.status} {exc.reason}") from exc
             raise
+        except (urllib3.exceptions.HTTPError, OSError) as exc:  # refused, reset, timed out: the API is away
+            raise StatusUnavailable(str(exc)) from exc
         self.writes += 1

@@ -50,8 +50,33 @@ class SsmRunner(Protocol):
     ) -> CommandResult: ...
 
 
+# What AWS answers when a caller should slow down (botocore's standard mode lists the same codes): shared by
+# the region backoff (aws/backoff.py) and the SSM adapter (a host push meeting one is Pending, not failed).
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "EC2ThrottledException",
+        "SlowDown",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "PriorRequestNotComplete",
+    }
+)
+
+
+class StatusUnavailable(Exception):
+    """The Kubernetes API could not take a status write right now (unreachable, 5xx, 429): nothing was written;
+    the same status can be written later. Any other failure (a 422, a bug) is raised as itself."""
+
+
 class StatusWriter(Protocol):
-    """Merge-patches an EdxRemoteCache's `status` subresource."""
+    """Merge-patches an EdxRemoteCache's `status` subresource; raises StatusUnavailable when the API is away."""
 
     async def patch_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None: ...
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from edx_remote_cache.adapters.ports import CommandResult
+from edx_remote_cache.adapters.ports import THROTTLING_CODES, CommandResult
 
 __all__ = [
     "DOCUMENT",
@@ -38,6 +38,15 @@ MAX_IDS_PER_CALL = 50  # DescribeInstanceInformation's InstanceIds filter and Se
 TERMINAL_STATUSES = frozenset({"Success", "Failed", "Cancelled", "TimedOut"})
 # SendCommand refusals that mean "this instance cannot take commands right now", not "the request is wrong".
 UNREACHABLE_CODES = frozenset({"InvalidInstanceId", "UnsupportedPlatformType", "InvalidTarget"})
+TRANSIENT_CODES = THROTTLING_CODES | {
+    "InternalServerError",
+    "InternalError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "Unavailable",
+    "RequestTimeout",
+    "ConnectionError",
+}
 
 
 class SsmError(RuntimeError):
@@ -52,6 +61,12 @@ class SsmError(RuntimeError):
     def unreachable(self) -> bool:
         """The instance is not taking commands (agent offline, stopped, not managed)."""
         return self.code in UNREACHABLE_CODES
+
+    @property
+    def transient(self) -> bool:
+        """AWS is throttling or failing (or the region's calls are held: aws/backoff.py): this says nothing
+        about the host, so a host push that meets it is Pending (tried again), not a failure of the rollout."""
+        return self.code in TRANSIENT_CODES
 
 
 def _code(exc: ClientError) -> str:

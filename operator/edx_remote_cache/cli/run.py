@@ -11,6 +11,11 @@ from edx_remote_cache import PROBE_SOURCE_ENV
 from edx_remote_cache.cli.help import AWS_ENV, add_subcommand
 from edx_remote_cache.domain.crd import CRD_ENV
 
+# kopf's default is 60 s: a standby would wait up to a minute after a SIGKILL. 10 s keeps failover (standby
+# acting + healing what broke meanwhile) under 20 s for ~22 keep-alive PATCHes a minute per replica
+# (bench: failover_seconds; docs/install.md, "Failover").
+PEERING_LIFETIME = 10
+
 
 def add_parser(subparsers: Any) -> None:
     parser = add_subcommand(
@@ -44,9 +49,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--peering-lifetime",
         type=int,
-        default=None,
-        help="seconds a replica's peering record stays valid without a keep-alive (kopf default 60): how long"
-        " a standby waits before taking over from a replica that died without saying goodbye",
+        default=PEERING_LIFETIME,
+        help="seconds a replica's peering record stays valid without a keep-alive: a standby takes over at most"
+        " this long (+ ~1 s) after the active replica died without saying goodbye (SIGKILL, node loss); each"
+        " replica re-writes its record every LIFETIME - 5..10 s, at least every 1 s (docs/install.md, 'Failover')",
     )
     parser.add_argument(
         "--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"

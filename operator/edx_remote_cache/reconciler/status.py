@@ -7,10 +7,12 @@ and turns condition transitions into Events.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edx_remote_cache.adapters.host_push import HostPushResult
+from edx_remote_cache.adapters.ports import StatusUnavailable
 from edx_remote_cache.adapters.probe import ProbeResult
 from edx_remote_cache.domain.cloud.actions import AuthorizeIngress, CreateSecurityGroup, RevokeIngress
 from edx_remote_cache.domain.conditions import (
@@ -32,6 +34,9 @@ from edx_remote_cache.reconciler.state import (
     progress_status,
 )
 
+log = logging.getLogger(__name__)
+
+UNWRITTEN = float("-inf")  # ResourceState.written_at of a status the API did not take: the heartbeat is due
 HEARTBEAT_SECONDS = 60.0  # status.health.lastProbeTime is refreshed at most this often when nothing changes
 COLD_CACHE_SECONDS = 600.0  # after a replacement, a low hit ratio is reported as "cold", not a failure
 # Probe figures that move with every probe of a busy (or merely jittery) cache: written when something else
@@ -62,7 +67,11 @@ class StatusPublisher:
         ):
             return False
         patch = merge_patch(state.status, new)
-        await self.adapters.status.patch_status(ref.namespace, ref.name, patch)
+        try:
+            await self.adapters.status.patch_status(ref.namespace, ref.name, patch)
+        except StatusUnavailable:
+            state.written_at = UNWRITTEN  # not written: the next round writes whatever it finds then
+            raise
         self.adapters.metrics.status_writes.labels(ref.namespace, ref.name).inc()
         state.status = {k: v for k, v in new.items() if v is not None}
         state.written_at = self.adapters.clock()
@@ -84,9 +93,25 @@ class StatusPublisher:
         return status
 
     async def publish(self, obj: Mapping[str, Any], state: ResourceState, facts: Facts, **parts: Any) -> None:
+        """Report; while the API is away the report is skipped, not the work: probing and healing go on, and the
+        next round (write() made the heartbeat due) writes the status as it is then. Only writes that must
+        precede an action (the launch record, cloud_pass.save_progress) call write() and fail with the API."""
         old = dict(state.status)
         new = self.build(state, facts, **parts)
-        if await self.write(obj, state, new):
+        failing = state.written_at == UNWRITTEN
+        try:
+            written = await self.write(obj, state, new)
+        except StatusUnavailable as exc:
+            (log.debug if failing else log.warning)(
+                "status of %s not written (%s): written again once the API answers",
+                ObjectRef.of(obj).key,
+                exc,
+            )
+            # what this report meant (a key it dropped as None, for the merge patch): the next round builds on
+            # it, so a part given only now (lastHeal) is not lost. Never the launch record: save_progress writes.
+            state.status = {**dict.fromkeys(old), **new}
+            return
+        if written:
             self._emit_transitions(obj, old, new)
 
     def _emit_transitions(

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edx_remote_cache.sandbox.aws import ApiError, Request
+from edx_remote_cache.sandbox.aws import ApiError, Request, Response, ec2_error, json_error
 from edx_remote_cache.sandbox.edx_hosts import set_supervisorctl_failing
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ class Faults:
         self._lock = threading.Lock()
         self._failures: dict[tuple[str, str], list[tuple[str, str, int]]] = {}  # see fail_calls
         self._failing: set[tuple[str, str]] = set()  # calls with a hook installed
+        self._storm: _Storm | None = None
 
     # -- memcached ----------------------------------------------------------------------------------------------------
 
@@ -94,6 +96,16 @@ class Faults:
     def hide_instance(self, instance_id: str, seconds: float) -> None:
         """Hide one existing instance from DescribeInstances for ``seconds``."""
         self._sandbox._aws().strict.hide(instance_id, seconds)
+
+    def aws_storm(self, seconds: float, *, codes: tuple[str, ...] = ("Throttling", "5xx")) -> None:
+        """For ``seconds``, every call the operator makes to the sandbox AWS (EC2 and SSM; the sandbox's own
+        calls pass) is answered with an error instead, taking turns through ``codes``: ``Throttling`` is each
+        service's own throttling answer (EC2 ``RequestLimitExceeded`` 503, SSM ``ThrottlingException`` 400),
+        ``5xx`` an ``InternalError`` 500 (SSM: ``InternalServerError``). 0 ends a storm early."""
+        if self._storm is None:
+            self._storm = _Storm()
+            self._sandbox._aws().frontend.on_before("*", "*", self._storm)
+        self._storm.start(seconds, codes)
 
     # -- security groups ----------------------------------------------------------------------------------------------
 
@@ -247,6 +259,32 @@ class Faults:
     @staticmethod
     def _backup_path(target: Path) -> Path:
         return target.with_name(f".{target.name}.sandbox-original")
+
+
+class _Storm:
+    """The frontend hook behind :meth:`Faults.aws_storm`."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        self.codes: tuple[str, ...] = ()
+        self.answered = 0
+
+    def start(self, seconds: float, codes: tuple[str, ...]) -> None:
+        self.codes, self.until = codes, time.monotonic() + max(0.0, seconds)
+
+    def __call__(self, request: Request) -> Response | None:
+        if request.internal or time.monotonic() >= self.until or not self.codes:
+            return None
+        kind = self.codes[self.answered % len(self.codes)]
+        self.answered += 1
+        ssm = request.service == "ssm"
+        if kind == "5xx":
+            if ssm:
+                return json_error("InternalServerError", "We encountered an internal error", 500)
+            return ec2_error("InternalError", "An internal error has occurred", 500)
+        if ssm:
+            return json_error("ThrottlingException", "Rate exceeded", 400)
+        return ec2_error("RequestLimitExceeded", "Request limit exceeded.", 503)
 
 
 def _remove(path: Path) -> None:

@@ -2,7 +2,9 @@
 
 Standard mode retries throttling (Throttling, ThrottlingException, RequestLimitExceeded, ...), transient
 connection errors and 5xx with exponential backoff and a client-side retry quota; nothing in this package
-retries a call again on top of it (a nested retry multiplied the attempts of one call).
+retries a call again on top of it (a nested retry multiplied the attempts of one call). Across calls, the
+region's clients share one `RegionBackoff` (backoff.py): while AWS throttles or fails, new calls are held
+instead of each starting its own retries.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from edx_remote_cache.adapters.aws.backoff import RegionBackoff
+
 DEFAULT_MAX_ATTEMPTS = 5
 FILTER_VALUES_LIMIT = 200  # EC2 rejects more values in one filter
 
@@ -24,6 +28,7 @@ class AwsClients:
 
     ec2: Any
     ssm: Any
+    backoff: RegionBackoff | None = None
 
 
 def client_config(max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Config:
@@ -41,10 +46,15 @@ def make_clients(
 ) -> AwsClients:
     session = session or boto3.session.Session()
     config = client_config(max_attempts)
-    return AwsClients(
+    backoff = RegionBackoff(region)
+    clients = AwsClients(
         ec2=session.client("ec2", region_name=region, endpoint_url=endpoint_url, config=config),
         ssm=session.client("ssm", region_name=region, endpoint_url=endpoint_url, config=config),
+        backoff=backoff,
     )
+    for client in (clients.ec2, clients.ssm):
+        backoff.install(client)
+    return clients
 
 
 def _chunks(values: Sequence[str], size: int = FILTER_VALUES_LIMIT) -> Iterator[list[str]]:

@@ -209,7 +209,10 @@ class AwsFrontend:
         key = (request.service, request.operation)
         response: Response | None = None
         try:
-            for hook in self.before.get(key, []):
+            for hook in [
+                *self.before.get(("*", "*"), []),
+                *self.before.get(key, []),
+            ]:  # ("*", "*"): every call
                 response = hook(request)
                 if response is not None:
                     break

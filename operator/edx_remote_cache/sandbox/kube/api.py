@@ -70,6 +70,9 @@ class KubeApi:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
+        self._listen: asyncio.Event | None = None  # cleared: an outage (the port closed, the state kept)
+        self._listening = threading.Event()
+        self._side_port: int | None = None  # the helpers' port during an outage
         self._failure: BaseException | None = None
         self._kinds_by_name = {kind.kind: kind for kind in kinds}
 
@@ -96,6 +99,8 @@ class KubeApi:
         if loop is not None and stopping is not None:
             with contextlib.suppress(RuntimeError):  # the loop may be closing already
                 loop.call_soon_threadsafe(stopping.set)
+                if self._listen is not None:
+                    loop.call_soon_threadsafe(self._listen.set)
         thread.join(timeout)
         if thread.is_alive():
             raise RuntimeError(f"the Kubernetes API emulator did not stop in {timeout} s")
@@ -111,7 +116,12 @@ class KubeApi:
 
     @property
     def running(self) -> bool:
+        """The emulator's thread is up (it may be in an outage: see ``listening``)."""
         return self._thread is not None and self._thread.is_alive() and self._port is not None
+
+    @property
+    def listening(self) -> bool:
+        return self.running and self._listening.is_set()
 
     @property
     def port(self) -> int:
@@ -142,15 +152,48 @@ class KubeApi:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
-        async with (
-            self.emulator,
-            LoopbackServer(self.emulator, host=self._host, port=self._requested_port or None) as srv,
-        ):
-            self._port = srv.port
-            self._ready.set()
-            await self._stopping.wait()
-            self.emulator.close_watches()
-            await asyncio.sleep(0)  # let the watch handlers see their end-of-stream before the server closes
+        self._listen = asyncio.Event()
+        self._listen.set()
+        async with self.emulator:
+            while not self._stopping.is_set():
+                port = self._port or self._requested_port or None  # an outage ends on the same port
+                async with LoopbackServer(self.emulator, host=self._host, port=port) as srv:
+                    self._port = srv.port
+                    self._ready.set()
+                    self._listening.set()
+                    await _first(self._stopping.wait(), _cleared(self._listen))
+                    self.emulator.close_watches()
+                    await asyncio.sleep(0)  # let the watch handlers see their end-of-stream first
+                self._listening.clear()
+                # the helpers below (the tests' own view) keep a port of their own through the outage
+                async with LoopbackServer(self.emulator, host=self._host, port=None) as side:
+                    self._side_port = side.port
+                    await _first(self._stopping.wait(), self._listen.wait())
+                self._side_port = None
+                self.emulator.reopen_watches()
+
+    # ---- outages -----------------------------------------------------------------------------------------
+
+    def stop_listening(self, timeout: float = 10.0) -> None:
+        """An apiserver outage: end every watch and close the port; the state stays (a restarted apiserver
+        with its etcd), and the helpers below keep working on it (a client partitioned from the server)."""
+        loop, listen = self._loop, self._listen
+        assert loop is not None and listen is not None, "the Kubernetes API emulator is not running"
+        loop.call_soon_threadsafe(listen.clear)
+        if not _wait_until(lambda: not self._listening.is_set() and self._side_port is not None, timeout):
+            raise TimeoutError(f"the Kubernetes API emulator did not stop listening in {timeout} s")
+
+    def start_listening(self, *, compact: bool = False, timeout: float = 10.0) -> None:
+        """End the outage: serve again on the same port. ``compact=True`` first forgets the watch history, so
+        a client resuming from a resourceVersion older than the current one gets 410 Expired and must list
+        again (etcd compacted while the client was away)."""
+        if compact:
+            self.call_in_loop(self.emulator.compact_watch_history)
+        loop, listen = self._loop, self._listen
+        assert loop is not None and listen is not None, "the Kubernetes API emulator is not running"
+        loop.call_soon_threadsafe(listen.set)
+        if not self._listening.wait(timeout):
+            raise TimeoutError(f"the Kubernetes API emulator did not listen again in {timeout} s")
 
     def call_in_loop(self, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
         """Run ``fn`` on the emulator's event loop (where all its state lives) and return its result."""
@@ -225,7 +268,8 @@ class KubeApi:
         headers = {"User-Agent": HELPER_USER_AGENT, "Accept": "application/json"}
         if payload is not None:
             headers["Content-Type"] = content_type
-        conn = http.client.HTTPConnection(self._host, self.port, timeout=timeout)
+        port = self._side_port if self._side_port is not None else self.port  # an outage: the helpers' port
+        conn = http.client.HTTPConnection(self._host, port, timeout=timeout)
         try:
             conn.request(method, path, body=payload, headers=headers)
             response = conn.getresponse()
@@ -396,3 +440,27 @@ class KubeApi:
             for version in list(self.emulator.objects[key].history):
                 if version is not None:
                     yield copy.deepcopy(version.raw)
+
+
+async def _first(*waits: Any) -> None:
+    """Return when the first of ``waits`` (coroutines) finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _cleared(event: asyncio.Event) -> None:
+    while event.is_set():
+        await asyncio.sleep(0.05)
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

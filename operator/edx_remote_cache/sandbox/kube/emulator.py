@@ -512,6 +512,16 @@ class KubeEmulator(KubeStore):
         self._closing = True
         self.drop_watches()
 
+    def reopen_watches(self) -> None:
+        """Serve watches again (the server is back after an outage)."""
+        self._closing = False
+
+    def compact_watch_history(self) -> None:
+        """Forget every watch event so far, as etcd's compaction does: a watch from an older resourceVersion
+        is answered 410 Expired and the client must list again."""
+        self._log.clear()
+        self._compacted_rv = self._rv
+
 
 class LoopbackServer(kmock.Server):
     """kmock.Server without its process-wide aiohttp DNS interceptor.

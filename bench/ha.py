@@ -1,0 +1,128 @@
+"""HA and crash figures on the sandbox (issue 19): failover to the standby replica, relaunch after a crash.
+
+* ``failover_seconds``: two replicas in kopf peering with the shipped ``--peering-lifetime`` (10 s); SIGKILL of
+  the active one and, right after, SIGKILL of the cache's memcached; seconds until the status shows the standby's
+  heal done (``lastHeal`` RestartMemcached after the kill and ``CacheHealthy=True``). Target <= 20.
+* ``crash_relaunch_seconds``: the operator SIGKILLed while its RunInstances is in flight (AWS never launches);
+  seconds from starting a new operator to Ready. Target <= 10.
+* ``describe_calls_per_second_max``: the most Describe* calls the operator made in any one second after that
+  restart (the wait for the relaunch included). Target <= 5 per region (one resource here, so also <= 1 per
+  resource per kind: the per-operation maximum is in the notes).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lib import figure, timed_wait
+
+from edx_remote_cache.sandbox import Sandbox
+from edx_remote_cache.sandbox.aws import Request, Response, ec2_error
+from edx_remote_cache.sandbox.harness import OperatorProcess, cache_manifest, condition, is_ready
+
+NAMESPACE = "default"
+
+
+def _healed_after(killed_at: str) -> Any:
+    def healed(obj: Mapping[str, Any]) -> bool:
+        heal = (obj.get("status") or {}).get("lastHeal") or {}
+        return (
+            heal.get("action") == "RestartMemcached"
+            and str(heal.get("time", "")) >= killed_at
+            and condition(obj, "CacheHealthy").get("status") == "True"
+        )
+
+    return healed
+
+
+def _wait_gone(read: Any) -> None:
+    timed_wait(lambda: {"gone": True} if read() is None else None, bool, since=time.monotonic(), timeout=60)
+
+
+def run_ha(*, reps: int, out_dir: Path, env_extra: Mapping[str, str] | None = None, log: Any = print) -> dict:
+    failover: list[float] = []
+    relaunch: list[float] = []
+    describe_max: list[float] = []
+    per_operation_max = 0
+    with Sandbox() as sb:
+        env = {**sb.env(), **(env_extra or {})}
+        get = lambda name: lambda: sb.kube.get(NAMESPACE, name)  # noqa: E731
+        for rep in range(reps):
+            peering = f"bench-ha-{rep}"
+            sb.kube.create(
+                {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}}
+            )
+            args = ("--all-namespaces", "--peering", peering)
+            logs = out_dir / "logs"
+            active = OperatorProcess(
+                env, log_path=logs / f"ha-active-{rep}.log", args=(*args, "--priority", "100")
+            )
+            standby = OperatorProcess(
+                env, log_path=logs / f"ha-standby-{rep}.log", args=(*args, "--priority", "10")
+            )
+            active.start()
+            standby.start()
+            try:
+                name = f"ha-{rep}"
+                sb.kube.create(cache_manifest(name, subnet_id=sb.subnet_id, hosts=sb.edx_hosts[:1]))
+                _, obj = timed_wait(get(name), is_ready, since=time.monotonic(), timeout=60, what="Ready")
+                instance_id = obj["status"]["instances"][0]["id"]
+                time.sleep(2.0)
+                active.kill()
+                killed = time.monotonic()
+                killed_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
+                sb.faults.kill_memcached(instance_id)
+                took, _ = timed_wait(
+                    get(name), _healed_after(killed_at), since=killed, timeout=60, what="healed"
+                )
+                failover.append(took)
+                log(f"ha: failover {took:.2f}s (rep {rep + 1}/{reps})")
+                sb.kube.delete(NAMESPACE, name)
+                _wait_gone(get(name))
+            finally:
+                active.kill()
+                standby.stop()
+
+        # crash right before RunInstances, then a fresh operator
+        first = OperatorProcess(env, log_path=out_dir / "logs" / "ha-crash-first.log")
+        first.start()
+        killed: list[bool] = []
+
+        def crash_before_launch(request: Request) -> Response | None:
+            if request.internal or killed:
+                return None
+            killed.append(True)
+            first.kill()
+            return ec2_error("InternalError", "the caller is gone", 500)
+
+        sb.aws.frontend.on_before("ec2", "RunInstances", crash_before_launch)
+        sb.kube.create(cache_manifest("crash", subnet_id=sb.subnet_id, hosts=sb.edx_hosts[1:]))
+        timed_wait(
+            lambda: {"k": 1} if killed else None, bool, since=time.monotonic(), timeout=60, what="crash"
+        )
+        since = sb.calls.now()
+        started = time.monotonic()
+        with OperatorProcess(env, log_path=out_dir / "logs" / "ha-crash-second.log"):
+            took, _ = timed_wait(
+                get("crash"), is_ready, since=started, timeout=60, what="Ready after the crash"
+            )
+            relaunch.append(took)
+            describes = [c for c in sb.calls.calls(since=since) if c.operation.startswith("Describe")]
+            per_second = collections.Counter(int(c.at - since) for c in describes)
+            per_op = collections.Counter((c.operation, int(c.at - since)) for c in describes)
+            describe_max.append(max(per_second.values(), default=0))
+            per_operation_max = max(per_op.values(), default=0)
+            log(f"ha: relaunch {took:.2f}s, Describe max {describe_max[-1]}/s")
+            sb.kube.delete(NAMESPACE, "crash")
+            _wait_gone(get("crash"))
+    return {
+        "failover_seconds": figure(failover, reps=reps, peering_lifetime=10),
+        "crash_relaunch_seconds": figure(relaunch),
+        "describe_calls_per_second_max": figure(
+            describe_max, per_operation_max=per_operation_max, resources=1, regions=1
+        ),
+    }

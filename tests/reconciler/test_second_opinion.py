@@ -83,6 +83,22 @@ async def test_the_cache_that_really_dies_during_a_blocked_episode_is_healed() -
     assert "RestartMemcached" in w.reasons()
 
 
+async def test_an_answer_from_an_earlier_episode_never_hides_a_cache_killed_since() -> None:
+    # a booting cache's first probe is refused, its host says it answers (it does by then); seconds later, well
+    # within the answer's 30 s, memcached is killed: that is a new episode and the host is asked again
+    w, reconciler, obj, instance_id, endpoint = await ready()
+    w.memcached.blocked.add(endpoint)
+    await run_for(w, reconciler, [obj], seconds=4)
+    assert w.status.condition("CacheHealthy")["reason"] == "ProbePathBlocked"
+    w.memcached.blocked.clear()
+    await run_for(w, reconciler, [obj], seconds=2)
+    assert w.status.condition("CacheHealthy")["status"] == "True"
+    w.memcached.down[endpoint] = "refused"
+    await run_for(w, reconciler, [obj], seconds=3)
+    assert "RestartMemcached" in w.reasons(), w.status.condition("CacheHealthy")
+    assert w.journal.count(("ask", instance_id)) == 2
+
+
 async def two_caches() -> tuple[World, Reconciler, list[dict], list[str], list[str]]:
     w = world()
     reconciler = Reconciler(w.adapters)

@@ -39,9 +39,12 @@ class Prober:
             return []
         results = await self.adapters.probe_all(targets, timeout=spec.probe.timeout_seconds)
         state.last_probe = results
-        state.consecutive_failures = (
-            state.consecutive_failures + 1 if any(not r.healthy for r in results) else 0
-        )
+        failed = any(not r.healthy for r in results)
+        state.consecutive_failures = state.consecutive_failures + 1 if failed else 0
+        if not failed:
+            state.failing_since = None
+        elif state.failing_since is None:
+            state.failing_since = self.adapters.clock()
         for r in results:
             self.adapters.metrics.record_probe(ref.namespace, ref.name, r)
         self.onsets.record(spec.region, ref.uid, results, self.adapters.clock())

@@ -118,6 +118,7 @@ class ResourceState:
     spec: EdxRemoteCacheSpec | None = None
     stalled_generation: int | None = None
     consecutive_failures: int = 0
+    failing_since: float | None = None  # when the current run of failed probe rounds began (clock time)
     last_probe: list[ProbeResult] = dataclasses.field(default_factory=list)
     healing: str | None = None
     restarted_at: dict[str, float] = dataclasses.field(default_factory=dict)

@@ -73,7 +73,11 @@ class SecondOpinion:
         now = self.adapters.clock()
         cached = state.opinions.get(instance_id)
         restarted = state.restarted_at.get(instance_id, -math.inf)
-        if cached is not None and now - cached[0] < OPINION_TTL_SECONDS and cached[0] > restarted:
+        # an answer is reused only within one failure episode: one from before this run of failed probes began
+        # (memcached answered then, and was killed since) would hide a real failure behind ProbePathBlocked
+        since = state.failing_since if state.failing_since is not None else now
+        fresh = cached is not None and now - cached[0] < OPINION_TTL_SECONDS
+        if cached is not None and fresh and cached[0] > restarted and cached[0] >= since:
             return cached[1]
         opinion = await self._ask(spec, instance_id, address)
         state.opinions[instance_id] = (now, opinion)

@@ -150,8 +150,13 @@ class Reconciler:
         except RetryableAwsError as exc:
             await self._retrying(obj, state, ref, exc)
             raise RequeueError(f"AWS {exc.code}: {exc.message}", delay=5.0) from exc
+        await self.prober.probe(
+            obj, state, spec, cloud.endpoints
+        )  # first: a new endpoint that answers is pushed
+        cloud.unanswered = tuple(
+            e for e in cloud.endpoints if state.endpoint_instances.get(e) not in state.answered
+        )
         hosts = await self.hosts.run(obj, state, spec, cloud, mutate=not paused, trigger=trigger)
-        await self.prober.probe(obj, state, spec, cloud.endpoints)
         facts = self.status.facts(state, spec, ref.generation, cloud, hosts, paused_by=paused_by)
         await self.status.publish(obj, state, facts, **self.status.cloud_parts(cloud, spec, hosts, state))
         if cloud.plan.mutating or cloud.plan.of_type(WaitFor):

@@ -137,6 +137,10 @@ class ResourceState:
         None  # Stalled by the replacement limit; lifts when the cache answers or the spec changes
     )
     heal_stall_generation: int = 0
+    # make before break: instance ids that answered a probe since they last started (reconciler/probing.py adds,
+    # the cloud pass drops one seen not running), and each running endpoint's instance id
+    answered: set[str] = dataclasses.field(default_factory=set)
+    endpoint_instances: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -152,6 +156,9 @@ class CloudOutcome:
     replacements: dict[int, int]
     result: ActResult | None
     confirmed: frozenset[str] = frozenset()  # launch tokens AWS answered for (see Progress.confirmed)
+    unanswered: tuple[
+        str, ...
+    ] = ()  # endpoints not answered since their instance started: no host goes there
 
 
 @dataclasses.dataclass(frozen=True)

@@ -139,8 +139,20 @@ class FakeEdxHosts:
 
 
 class FakeDrift:
+    """No drift; `seen` is what the hosts' own check of their cache endpoints says (the app hosts' vantage)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[Any, ...]] = {}
+        self.asked: dict[str, tuple[str, ...]] = {}
+
     def expect(self, expected: Mapping[str, Mapping[str, str]]) -> None:
         pass
+
+    def expect_reach(self, reach: Mapping[str, Sequence[str]]) -> None:
+        self.asked.update({h: tuple(eps) for h, eps in reach.items()})
+
+    def vantage(self, hosts: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        return {h: self.seen[h] for h in hosts if h in self.seen}
 
     def due(self) -> bool:
         return False
@@ -321,6 +333,7 @@ class World:
     events: list[tuple[str, str, str]]
     adapters: Adapters
     edx: FakeEdxHosts
+    drift: FakeDrift = dataclasses.field(default_factory=FakeDrift)
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
@@ -361,7 +374,7 @@ def world() -> World:
         probe_all=memcached.probe_all,
         probe_source_address=lambda endpoint: "10.0.200.7",  # the operator's pod address
     )
-    return World(journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters, edx)
+    return World(journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters, edx, drift)
 
 
 def cache(name: str = "site", *, uid: str = "uid-1", generation: int = 1, **spec: Any) -> dict[str, Any]:

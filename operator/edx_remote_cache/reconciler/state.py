@@ -26,6 +26,7 @@ from edx_remote_cache.domain.cloud.actions import ActResult, Plan
 from edx_remote_cache.domain.cloud.desired import DesiredCacheHost
 from edx_remote_cache.domain.cloud.model import ObservedCloud, Owner
 from edx_remote_cache.domain.conditions import Facts
+from edx_remote_cache.domain.hosts.drift import HostReach
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.domain.vantage import Doubt, HostOpinion
 
@@ -141,6 +142,8 @@ class ResourceState:
     # the cloud pass drops one seen not running), and each running endpoint's instance id
     answered: set[str] = dataclasses.field(default_factory=set)
     endpoint_instances: dict[str, str] = dataclasses.field(default_factory=dict)
+    # the app hosts' vantage: Open edX host -> its cache endpoints as it saw them at the last drift check
+    host_vantage: dict[str, tuple[HostReach, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

@@ -21,6 +21,7 @@ from edx_remote_cache.domain.conditions import (
     health_status,
     status_changed,
 )
+from edx_remote_cache.domain.hosts.drift import HostReach
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.reconciler.state import (
     Adapters,
@@ -158,7 +159,23 @@ class StatusPublisher:
     def probe_facts(self, state: ResourceState, spec: EdxRemoteCacheSpec) -> dict[str, Any]:
         """CacheHealthy's inputs: unhealthy after failureThreshold failures (at once when refused)."""
         results = state.last_probe
-        clear = {"cache_unknown_reason": "", "cache_served": False}
+        clear = {"cache_unknown_reason": "", "cache_served": False, "cache_reason": ""}
+        unreached = [
+            f"{host} -> {r.endpoint}: {r.error or 'no answer'}"
+            for host, reach in sorted(state.host_vantage.items())
+            for r in reach
+            if not r.reachable
+        ]
+        if (
+            unreached
+        ):  # the site's own vantage: an Open edX host cannot reach its cache, whatever the operator sees
+            message = f"the Open edX hosts cannot reach the cache from their side: {'; '.join(unreached[:5])}"
+            return {
+                **clear,
+                "cache_healthy": False,
+                "cache_message": message,
+                "cache_reason": "UnreachableFromHosts",
+            }
         if not results:
             return {"cache_healthy": None, "cache_message": "", **clear}
         bad = [r for r in results if not r.healthy]
@@ -200,7 +217,7 @@ class StatusPublisher:
             ],
             "securityGroupId": group.group_id if group else None,
             "endpoints": list(cloud.endpoints),
-            "hosts": [h.to_status() for h in hosts],
+            "hosts": [host_status(h, state.host_vantage.get(h.instance_id, ())) for h in hosts],
             "rollout": state.rollout.to_status() if state.rollout is not None else None,
             "region": spec.region,
             "subnetId": spec.instance.subnet_id,
@@ -236,3 +253,15 @@ def steady(health: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     skip = {path[1] for path in HEARTBEAT_FIELDS if path[0] == "health"} | set(HEALTH_FIGURES)
     return {k: v for k, v in health.items() if v is not None and k not in skip}
+
+
+def host_status(result: HostPushResult, reach: Sequence[HostReach]) -> dict[str, Any]:
+    """One `status.hosts[]` entry: the push, and the cache endpoints as that host saw them (`cacheReach`)."""
+    out = result.to_status()
+    if reach:
+        out["cacheReach"] = [
+            {"endpoint": r.endpoint, "reachable": r.reachable, "latencyMs": r.latency_ms}
+            | ({"error": r.error} if r.error else {})
+            for r in reach
+        ]
+    return out

@@ -130,7 +130,9 @@ class Healer:
         self.adapters.metrics.healing_suspended.labels(spec.region).set(1 if breaker.tripped else 0)
         if opinion.answers:  # the operator's path is what is broken: nothing to heal on the cache
             return self._doubt(spec, result, opinion, breaker)
-        if not opinion.confirms_failure and (reached := hosts_reaching(state, endpoint)):  # the Open edX hosts reach it: the site is served
+        if not opinion.confirms_failure and (
+            reached := hosts_reaching(state, endpoint)
+        ):  # the Open edX hosts reach it: the site is served
             said = f"the Open edX hosts reach it from their side ({', '.join(reached[:3])})"
             return self._doubt(spec, result, opinion, breaker, said=said)
         if not opinion.confirms_failure:  # nobody on the host could be asked: EC2's view, then the breaker

@@ -217,7 +217,7 @@ class StatusPublisher:
             ],
             "securityGroupId": group.group_id if group else None,
             "endpoints": list(cloud.endpoints),
-            "hosts": [host_status(h, state.host_vantage.get(h.instance_id, ())) for h in hosts],
+            "hosts": [host_status(h, state.host_vantage.get(h.instance_id, ()), state.status) for h in hosts],
             "rollout": state.rollout.to_status() if state.rollout is not None else None,
             "region": spec.region,
             "subnetId": spec.instance.subnet_id,
@@ -255,13 +255,25 @@ def steady(health: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in health.items() if v is not None and k not in skip}
 
 
-def host_status(result: HostPushResult, reach: Sequence[HostReach]) -> dict[str, Any]:
-    """One `status.hosts[]` entry: the push, and the cache endpoints as that host saw them (`cacheReach`)."""
+def host_status(
+    result: HostPushResult, reach: Sequence[HostReach], previous: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One `status.hosts[]` entry: the push, and the cache endpoints as that host saw them (`cacheReach`).
+
+    An endpoint whose answer did not change keeps the latency already in status: a new figure every drift
+    interval would rewrite the status of every object every interval; the figure is the first of that answer.
+    """
     out = result.to_status()
-    if reach:
-        out["cacheReach"] = [
-            {"endpoint": r.endpoint, "reachable": r.reachable, "latencyMs": r.latency_ms}
-            | ({"error": r.error} if r.error else {})
-            for r in reach
-        ]
+    if not reach:
+        return out
+    before = next((h for h in previous.get("hosts") or [] if h.get("instanceId") == result.instance_id), {})
+    kept = {
+        (e.get("endpoint"), e.get("reachable"), e.get("error", "")): e for e in before.get("cacheReach") or []
+    }
+    out["cacheReach"] = [
+        kept.get((r.endpoint, r.reachable, r.error))
+        or {"endpoint": r.endpoint, "reachable": r.reachable, "latencyMs": r.latency_ms}
+        | ({"error": r.error} if r.error else {})
+        for r in reach
+    ]
     return out

@@ -63,3 +63,13 @@ async def test_operator_probes_failing_while_the_hosts_reach_the_cache_is_not_he
     assert (cond["status"], cond["reason"]) == ("Unknown", "ProbePathBlocked")
     assert "the Open edX hosts reach it" in cond["message"]
     assert w.status.condition("Ready")["status"] == "True", "the site is served: Ready follows the hosts"
+
+
+async def test_when_both_vantages_fail_the_operators_figures_come_first() -> None:
+    w, reconciler, obj, _, endpoint = await ready()
+    seen_from_hosts(w, endpoint, reachable=False, error="Connection refused")
+    w.memcached.down[endpoint] = "refused"
+    await drift_pass(reconciler, obj)
+    cond = w.status.condition("CacheHealthy")
+    assert (cond["status"], cond["reason"]) == ("False", "CacheUnhealthy")
+    assert cond["message"].startswith(f"{endpoint}: refused") and "from their side" in cond["message"]

@@ -166,14 +166,20 @@ class StatusPublisher:
             for r in reach
             if not r.reachable
         ]
-        if (
-            unreached
-        ):  # the site's own vantage: an Open edX host cannot reach its cache, whatever the operator sees
-            message = f"the Open edX hosts cannot reach the cache from their side: {'; '.join(unreached[:5])}"
+        # the site's own vantage: an Open edX host that cannot reach its cache is an outage, whatever the
+        # operator sees (its answer is as old as the last drift check: it clears with the next one)
+        if unreached:
+            hosts_say = "the Open edX hosts cannot reach the cache from their side: " + "; ".join(
+                unreached[:5]
+            )
+            bad = [r for r in results if not r.healthy]
+            if bad:  # both vantages agree: the operator's own figures first
+                seen = "; ".join(f"{r.endpoint}: {r.error_kind} ({r.error})" for r in bad)
+                return {**clear, "cache_healthy": False, "cache_message": f"{seen}; {hosts_say}"}
             return {
                 **clear,
                 "cache_healthy": False,
-                "cache_message": message,
+                "cache_message": hosts_say,
                 "cache_reason": "UnreachableFromHosts",
             }
         if not results:

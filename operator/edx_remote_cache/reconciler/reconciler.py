@@ -150,9 +150,8 @@ class Reconciler:
         except RetryableAwsError as exc:
             await self._retrying(obj, state, ref, exc)
             raise RequeueError(f"AWS {exc.code}: {exc.message}", delay=5.0) from exc
-        await self.prober.probe(
-            obj, state, spec, cloud.endpoints
-        )  # first: a new endpoint that answers is pushed
+        # probed before the host pass: a new endpoint that answers now is pushed in this pass, not the next
+        await self.prober.probe(obj, state, spec, cloud.endpoints)
         cloud.unanswered = tuple(
             e for e in cloud.endpoints if state.endpoint_instances.get(e) not in state.answered
         )

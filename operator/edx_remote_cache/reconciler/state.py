@@ -159,9 +159,8 @@ class CloudOutcome:
     replacements: dict[int, int]
     result: ActResult | None
     confirmed: frozenset[str] = frozenset()  # launch tokens AWS answered for (see Progress.confirmed)
-    unanswered: tuple[
-        str, ...
-    ] = ()  # endpoints not answered since their instance started: no host goes there
+    # endpoints not answered since their instance started: no Open edX host is pointed at them
+    unanswered: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -272,7 +272,9 @@ def host_status(
     out = result.to_status()
     if not reach:
         return out
-    before = next((h for h in previous.get("hosts") or [] if h.get("instanceId") == result.instance_id), {})
+    before: Mapping[str, Any] = next(
+        (h for h in previous.get("hosts") or [] if h.get("instanceId") == result.instance_id), {}
+    )
     kept = {
         (e.get("endpoint"), e.get("reachable"), e.get("error", "")): e for e in before.get("cacheReach") or []
     }

@@ -61,6 +61,7 @@ class _Seen:
     problem: str = ""  # could not check (offline, failed, unparsable): the push path says why
     reach: tuple[HostReach, ...] = ()  # the cache endpoints as the host saw them
     reach_asked: tuple[str, ...] = ()  # the endpoints it was asked to check
+    started: float = 0.0  # time.time() when the check that learned this was sent
 
 
 class HostDriftChecker:
@@ -81,7 +82,8 @@ class HostDriftChecker:
         self._wanted_lock = threading.Lock()  # held for microseconds: expect() runs on the event loop
         self._run_lock = threading.Lock()  # held for a whole check
         self._wanted: dict[str, dict[str, tuple[str, float]]] = {}  # host → path → (sha256, renewed at)
-        self._reach: dict[str, tuple[tuple[str, ...], float]] = {}  # host → (endpoints, renewed at)
+        # host → endpoint → renewed at: every object on a host adds its own endpoints (a host may serve several)
+        self._reach: dict[str, dict[str, float]] = {}
         self._seen: dict[str, _Seen] = {}
         self._checked_at: float | None = None
         self._answered: set[str] = set()  # hosts whose agent answered the last check: no ping needed
@@ -97,16 +99,29 @@ class HostDriftChecker:
                     mine[path] = (sha, now)
 
     def expect_reach(self, reach: Mapping[str, Sequence[str]]) -> None:
-        """Host → the cache endpoints it should check from its side at the next check (renewed on each pass)."""
+        """Host → cache endpoints it should check from its side at the next check (renewed on each pass; the
+        endpoints of every object naming the host are checked, each until FORGET_AFTER_INTERVALS unrenewed)."""
         now = self._clock()
         with self._wanted_lock:
             for host, endpoints in reach.items():
-                self._reach[host] = (tuple(endpoints), now)
+                mine = self._reach.setdefault(host, {})
+                for endpoint in endpoints:
+                    mine[endpoint] = now
 
-    def vantage(self, hosts: Sequence[str]) -> dict[str, tuple[HostReach, ...]]:
-        """What the last check's hosts said about their cache endpoints (hosts not asked: left out)."""
-        seen = self._seen
-        return {h: seen[h].reach for h in hosts if h in seen and seen[h].reach}
+    def vantage(
+        self, hosts: Sequence[str], *, since: Mapping[str, float] | None = None
+    ) -> dict[str, tuple[HostReach, ...]]:
+        """What the last check's hosts said about their cache endpoints (hosts not asked: left out).
+
+        `since`: host -> time.time() of its last push; an answer from a check sent before it is not about the
+        endpoints the host uses now (a reused private IP answers for a new cache only once it booted).
+        """
+        seen, since = self._seen, since or {}
+        return {
+            h: seen[h].reach
+            for h in hosts
+            if h in seen and seen[h].reach and seen[h].started >= since.get(h, 0.0)
+        }
 
     def due(self) -> bool:
         """Whether the next :meth:`refresh` would check (the last check is a drift interval old, or none yet)."""
@@ -154,16 +169,18 @@ class HostDriftChecker:
     def _current_reach(self, now: float, hosts: Sequence[str]) -> dict[str, tuple[str, ...]]:
         horizon = now - FORGET_AFTER_INTERVALS * self._ttl
         with self._wanted_lock:
-            self._reach = {h: v for h, v in self._reach.items() if v[1] >= horizon}
-            return {h: self._reach[h][0] for h in hosts if h in self._reach}
+            for host, endpoints in list(self._reach.items()):
+                self._reach[host] = {e: at for e, at in endpoints.items() if at >= horizon}
+            return {h: tuple(sorted(self._reach[h])) for h in hosts if self._reach.get(h)}
 
     def _check_all(self, now: float) -> dict[str, _Seen]:
         wants = self._current_wants(now)
         if not wants:
             return {}
         reach = self._current_reach(now, list(wants))
+        sent_at = time.time()
         seen = {
-            host: _Seen(expected=dict(files), reach_asked=reach.get(host, ()))
+            host: _Seen(expected=dict(files), reach_asked=reach.get(host, ()), started=sent_at)
             for host, files in wants.items()
         }
         # Hosts that answered the last check are sent to straight away; only the others cost a ping first.

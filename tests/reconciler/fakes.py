@@ -151,7 +151,7 @@ class FakeDrift:
     def expect_reach(self, reach: Mapping[str, Sequence[str]]) -> None:
         self.asked.update({h: tuple(eps) for h, eps in reach.items()})
 
-    def vantage(self, hosts: Sequence[str], **_: Any) -> dict[str, tuple[Any, ...]]:
+    def vantage(self, hosts: Sequence[str]) -> dict[str, tuple[Any, ...]]:
         return {h: self.seen[h] for h in hosts if h in self.seen}
 
     def due(self) -> bool:

@@ -61,7 +61,6 @@ class _Seen:
     problem: str = ""  # could not check (offline, failed, unparsable): the push path says why
     reach: tuple[HostReach, ...] = ()  # the cache endpoints as the host saw them
     reach_asked: tuple[str, ...] = ()  # the endpoints it was asked to check
-    started: float = 0.0  # time.time() when the check that learned this was sent
 
 
 class HostDriftChecker:
@@ -108,20 +107,10 @@ class HostDriftChecker:
                 for endpoint in endpoints:
                     mine[endpoint] = now
 
-    def vantage(
-        self, hosts: Sequence[str], *, since: Mapping[str, float] | None = None
-    ) -> dict[str, tuple[HostReach, ...]]:
-        """What the last check's hosts said about their cache endpoints (hosts not asked: left out).
-
-        `since`: host -> time.time() of its last push; an answer from a check sent before it is not about the
-        endpoints the host uses now (a reused private IP answers for a new cache only once it booted).
-        """
-        seen, since = self._seen, since or {}
-        return {
-            h: seen[h].reach
-            for h in hosts
-            if h in seen and seen[h].reach and seen[h].started >= since.get(h, 0.0)
-        }
+    def vantage(self, hosts: Sequence[str]) -> dict[str, tuple[HostReach, ...]]:
+        """What the last check's hosts said about their cache endpoints (hosts not asked: left out)."""
+        seen = self._seen
+        return {h: seen[h].reach for h in hosts if h in seen and seen[h].reach}
 
     def due(self) -> bool:
         """Whether the next :meth:`refresh` would check (the last check is a drift interval old, or none yet)."""
@@ -178,9 +167,8 @@ class HostDriftChecker:
         if not wants:
             return {}
         reach = self._current_reach(now, list(wants))
-        sent_at = time.time()
         seen = {
-            host: _Seen(expected=dict(files), reach_asked=reach.get(host, ()), started=sent_at)
+            host: _Seen(expected=dict(files), reach_asked=reach.get(host, ()))
             for host, files in wants.items()
         }
         # Hosts that answered the last check are sent to straight away; only the others cost a ping first.

@@ -95,11 +95,9 @@ class HostPass:
                     continue
                 then = "paused, not re-applying" if not mutate else "re-applying"
                 self.adapters.events(obj, "Warning", "HostDrift", f"{host}: {report.reason}; {then}")
-        # only answers from checks sent after a host's last push are about the endpoints it uses now
-        pushed_at = {h: t.timestamp() for h in settled if (t := previous[h].time) is not None}
         state.host_vantage = {
             h: tuple(r for r in reach if r.endpoint in targets)
-            for h, reach in checker.vantage(settled, since=pushed_at).items()
+            for h, reach in checker.vantage(settled).items()
         }
         # A RolledBack/Failed/Conflict host is pushed again only when its back-off is over (see host_due).
         todo = [h for h in cloud.edx_hosts if h in due or h in drifted or h in retargeted]

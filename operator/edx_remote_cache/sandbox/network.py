@@ -229,7 +229,9 @@ class SandboxNetwork:
         gateway = str(subnet.network_address + 1)
         veth = f"v{next(self._veths)}"
         netns.run(["ip", "netns", "add", name])
-        commands = f"link add {veth} type veth peer name eth0 netns {name}\nlink set {veth} master br0 up\n"
+        # the router forgets the address's previous owner (a reused private IP) before the new one is attached
+        commands = f"neigh flush to {inst.private_ip}\n"
+        commands += f"link add {veth} type veth peer name eth0 netns {name}\nlink set {veth} master br0 up\n"
         if inst.subnet_cidr not in self._gateways:
             commands += f"addr add {gateway}/{subnet.prefixlen} dev br0\n"
             self._gateways.add(inst.subnet_cidr)
@@ -256,10 +258,14 @@ class SandboxNetwork:
 
     def _remove(self, instance_id: str) -> None:
         name = self.namespace(instance_id)
-        self._instances.pop(instance_id, None)
+        gone = self._instances.pop(instance_id, None)
         self._applied.pop(name, None)
         # its veth pair goes with the namespace (the bridge's end is deleted with its peer)
         netns.run(["ip", "netns", "del", name], check=False)
+        if (
+            gone is not None
+        ):  # and the router forgets its MAC: the address may come back with another instance
+            netns.run(["ip", "neigh", "flush", "to", gone.private_ip], netns=self.vpc_ns, check=False)
 
     def _apply(self, name: str, script: str) -> None:
         if self._applied.get(name) == script:

@@ -151,8 +151,7 @@ class WaitFor:
     """Nothing more can be done until these instances reach `until`; the caller requeues soon. Never blocks."""
 
     instance_ids: tuple[str, ...]
-    # "answered": a replacement that has not answered a probe yet; the old instance keeps serving meanwhile
-    until: Literal["stopped", "running", "visible", "gone", "answered"]
+    until: Literal["stopped", "running", "visible", "gone"]
     reason: str = ""
 
 

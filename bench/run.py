@@ -10,6 +10,7 @@ Parts (each also selectable with ``--only``):
 * scale      bench/scale.py: N resources at steady state: AWS calls per drift interval, operator RSS/CPU
 * network    bench/network.py: sandbox start-up and the cost of one launched instance in the sandbox VPC
 * ha         bench/ha.py: failover to the standby replica (SIGKILL) and relaunch after a crash before RunInstances
+* vantage    bench/vantage.py: destructive actions while the operator's own view is the broken one (false heals)
 
 Results go to bench/out/results.json (``--out``): ``figures`` (name → median/min/max/n, target, met, and what was
 measured), ``details`` (per-part context: configuration, per-window breakdowns) and ``meta``. ``--smoke`` runs a
@@ -36,7 +37,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(ROOT / "operator"))
 
-PARTS = ("rewrite", "probe", "lifecycle", "scale", "network", "ha")
+PARTS = ("rewrite", "probe", "lifecycle", "scale", "network", "ha", "vantage")
 
 
 # name, target, unit, how the target reads in the table; `met` compares the median with the target
@@ -55,6 +56,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "status_writes_per_minute_idle": ("/min", "≤ 2"),
     "sandbox_start_seconds": ("s", "≤ 5"),
     "instance_launch_ms": ("ms", "≤ 200"),
+    "false_heal_actions": ("actions", "0"),
 }
 FIXED_TARGETS = {
     "ready_seconds": 3.0,
@@ -72,6 +74,7 @@ FIXED_TARGETS = {
     "failover_seconds": 20.0,
     "crash_relaunch_seconds": 10.0,
     "describe_calls_per_second_max": 5.0,  # per region (bench/ha.py: one region, one resource)
+    "false_heal_actions": 0.0,
 }
 
 
@@ -190,6 +193,14 @@ def part_ha(args: argparse.Namespace) -> dict[str, Any]:
     from ha import run_ha
 
     return run_ha(reps=1 if args.smoke else 3, out_dir=args.out_dir, env_extra=_env_extra(args), log=log)
+
+
+def part_vantage(args: argparse.Namespace) -> dict[str, Any]:
+    from vantage import run_vantage
+
+    return run_vantage(
+        window=2.0 if args.smoke else 60.0, out_dir=args.out_dir, env_extra=_env_extra(args), log=log
+    )
 
 
 def _target(name: str, fig: dict[str, Any], details: dict[str, Any]) -> float | None:
@@ -329,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": part_scale,
         "network": part_network,
         "ha": part_ha,
+        "vantage": part_vantage,
     }
     for part in PARTS:
         if part not in parts_wanted:

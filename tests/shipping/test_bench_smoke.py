@@ -32,6 +32,7 @@ FIGURES = (
     "failover_seconds",
     "crash_relaunch_seconds",
     "describe_calls_per_second_max",
+    "false_heal_actions",
 )
 
 

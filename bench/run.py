@@ -10,6 +10,7 @@ Parts (each also selectable with ``--only``):
 * scale      bench/scale.py: N resources at steady state: AWS calls per drift interval, operator RSS/CPU
 * network    bench/network.py: sandbox start-up and the cost of one launched instance in the sandbox VPC
 * ha         bench/ha.py: failover to the standby replica (SIGKILL) and relaunch after a crash before RunInstances
+* hostpush   bench/host_push.py: bytes SSM returns per Open edX host push, and one host's first push time
 
 Results go to bench/out/results.json (``--out``): ``figures`` (name → median/min/max/n, target, met, and what was
 measured), ``details`` (per-part context: configuration, per-window breakdowns) and ``meta``. ``--smoke`` runs a
@@ -36,7 +37,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(ROOT / "operator"))
 
-PARTS = ("rewrite", "probe", "lifecycle", "scale", "network", "ha")
+PARTS = ("rewrite", "probe", "lifecycle", "scale", "network", "ha", "hostpush")
 
 
 # name, target, unit, how the target reads in the table; `met` compares the median with the target
@@ -55,6 +56,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "status_writes_per_minute_idle": ("/min", "≤ 2"),
     "sandbox_start_seconds": ("s", "≤ 5"),
     "instance_launch_ms": ("ms", "≤ 200"),
+    "push_ssm_bytes_1mib": ("B", "≤ 4096"),
 }
 FIXED_TARGETS = {
     "ready_seconds": 3.0,
@@ -72,6 +74,7 @@ FIXED_TARGETS = {
     "failover_seconds": 20.0,
     "crash_relaunch_seconds": 10.0,
     "describe_calls_per_second_max": 5.0,  # per region (bench/ha.py: one region, one resource)
+    "push_ssm_bytes_1mib": 4096.0,  # issue 20: what leaves the host no longer grows with the file
 }
 
 
@@ -79,10 +82,13 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def _run_json(cmd: list[str], timeout: float) -> tuple[dict[str, Any], str]:
+def _run_json(
+    cmd: list[str], timeout: float, env_extra: dict[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "operator"), os.environ.get("PYTHONPATH")])),
+        **(env_extra or {}),
     }
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -154,6 +160,12 @@ def part_scale(args: argparse.Namespace) -> dict[str, Any]:
         log=log,
     )
     return result
+
+
+def part_hostpush(args: argparse.Namespace) -> dict[str, Any]:
+    reps = 1 if args.smoke else 3
+    cmd = [sys.executable, str(BENCH / "host_push.py"), "--json", "--reps", str(reps)]
+    return _run_json(cmd, 300, _env_extra(args))[0]
 
 
 def part_network(args: argparse.Namespace) -> dict[str, Any]:
@@ -329,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": part_scale,
         "network": part_network,
         "ha": part_ha,
+        "hostpush": part_hostpush,
     }
     for part in PARTS:
         if part not in parts_wanted:

@@ -32,6 +32,7 @@ FIGURES = (
     "failover_seconds",
     "crash_relaunch_seconds",
     "describe_calls_per_second_max",
+    "push_ssm_bytes_1mib",
 )
 
 

@@ -11,6 +11,7 @@ Parts (each also selectable with ``--only``):
 * network    bench/network.py: sandbox start-up and the cost of one launched instance in the sandbox VPC
 * ha         bench/ha.py: failover to the standby replica (SIGKILL) and relaunch after a crash before RunInstances
 * vantage    bench/vantage.py: destructive actions while the operator's own view is the broken one (false heals)
+* hostpush   bench/host_push.py: bytes SSM returns per Open edX host push, and one host's first push time
 
 Results go to bench/out/results.json (``--out``): ``figures`` (name → median/min/max/n, target, met, and what was
 measured), ``details`` (per-part context: configuration, per-window breakdowns) and ``meta``. ``--smoke`` runs a
@@ -37,7 +38,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(ROOT / "operator"))
 
-PARTS = ("rewrite", "probe", "lifecycle", "scale", "network", "ha", "vantage")
+PARTS = ("rewrite", "probe", "lifecycle", "scale", "network", "ha", "vantage", "hostpush")
 
 
 # name, target, unit, how the target reads in the table; `met` compares the median with the target
@@ -57,6 +58,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "sandbox_start_seconds": ("s", "≤ 5"),
     "instance_launch_ms": ("ms", "≤ 200"),
     "false_heal_actions": ("actions", "0"),
+    "push_ssm_bytes_1mib": ("B", "≤ 4096"),
 }
 FIXED_TARGETS = {
     "ready_seconds": 3.0,
@@ -75,6 +77,7 @@ FIXED_TARGETS = {
     "crash_relaunch_seconds": 10.0,
     "describe_calls_per_second_max": 5.0,  # per region (bench/ha.py: one region, one resource)
     "false_heal_actions": 0.0,
+    "push_ssm_bytes_1mib": 4096.0,  # issue 20: what leaves the host no longer grows with the file
 }
 
 
@@ -82,10 +85,13 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def _run_json(cmd: list[str], timeout: float) -> tuple[dict[str, Any], str]:
+def _run_json(
+    cmd: list[str], timeout: float, env_extra: dict[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "operator"), os.environ.get("PYTHONPATH")])),
+        **(env_extra or {}),
     }
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -157,6 +163,12 @@ def part_scale(args: argparse.Namespace) -> dict[str, Any]:
         log=log,
     )
     return result
+
+
+def part_hostpush(args: argparse.Namespace) -> dict[str, Any]:
+    reps = 1 if args.smoke else 3
+    cmd = [sys.executable, str(BENCH / "host_push.py"), "--json", "--reps", str(reps)]
+    return _run_json(cmd, 300, _env_extra(args))[0]
 
 
 def part_network(args: argparse.Namespace) -> dict[str, Any]:
@@ -341,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         "network": part_network,
         "ha": part_ha,
         "vantage": part_vantage,
+        "hostpush": part_hostpush,
     }
     for part in PARTS:
         if part not in parts_wanted:

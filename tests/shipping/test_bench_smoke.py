@@ -33,6 +33,7 @@ FIGURES = (
     "crash_relaunch_seconds",
     "describe_calls_per_second_max",
     "false_heal_actions",
+    "push_ssm_bytes_1mib",
 )
 
 

@@ -84,13 +84,17 @@ CAUSES = {
 
 
 def decode_console_output(output: str | None) -> str:
-    """EC2 GetConsoleOutput's `Output` (base64; absent until the instance has written some): text or ""."""
+    """EC2 GetConsoleOutput's `Output`: base64 on the wire, absent until the instance has written some.
+
+    botocore decodes it already; a log line has spaces and newlines, which strict base64 refuses, so text that
+    arrives decoded is returned as is.
+    """
     if not output:
         return ""
     try:
-        raw = base64.b64decode(output, validate=False)
+        raw = base64.b64decode(output, validate=True)
     except (binascii.Error, ValueError):
-        return output  # some SDK layers decode it already
+        return output
     return raw.decode("utf-8", errors="replace")
 
 

@@ -66,6 +66,7 @@ def test_memcached_own_error_is_quoted_first_from_its_journal() -> None:
     assert "memcached refused to start" in message
     assert "Address already in use" in message
     assert "95 s" in message
+    assert found.conclusive, "memcached itself refused: no grace period to wait out"
 
 
 def test_the_console_alone_names_the_failed_unit_without_kernel_noise() -> None:
@@ -84,6 +85,10 @@ def test_no_route_to_a_package_mirror_is_named_with_apts_own_words() -> None:
     message = found.message("10.0.1.5:11211", 300)
     assert "could not reach a package mirror" in message and "NAT gateway" in message
     assert "console output: not available yet" in message
+    assert found.conclusive, "cloud-init finished with the failure"
+    still_booting = CLOUD_INIT_NO_MIRROR.split("Reading package lists...")[0]
+    early = diagnose("i-0abc", console=still_booting)
+    assert early.cause == "package-mirror" and not early.conclusive, "another mirror may still answer"
 
 
 def test_console_output_is_base64_and_may_be_missing() -> None:

@@ -66,6 +66,11 @@ _SYSTEMD = (
     r"Start request repeated)|Unit memcached\.service not found|Job for memcached\.service failed"
 )
 _CLOUD_INIT = r"no private IPv4 from IMDS|Failed to run module scripts.user|scripts.user.*failed|^E: "
+# The boot is over: what the logs say then is the outcome, not a step a retry (another mirror) may still fix
+_ENDED = re.compile(
+    r"Cloud-init v\. \S+ finished|Failed to run module scripts.user|Failed to start memcached|"
+    r"memcached\.service: Failed with result"
+)
 RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("memcached", re.compile(_MEMCACHED, re.IGNORECASE)),
     ("package-mirror", re.compile(_MIRROR)),
@@ -140,6 +145,13 @@ class BootDiagnosis:
     cause: str  # a key of CAUSES, or "" when nothing in the logs explains it
     read: tuple[str, ...]  # which logs were read ("console output", "memcached journal", ...)
     unread: tuple[str, ...] = ()  # and which could not be ("console output: not available yet", ...)
+    ended: bool = False  # the logs show the boot is over (cloud-init finished or failed, the unit failed)
+
+    @property
+    def conclusive(self) -> bool:
+        """A failure known before any grace period: memcached itself refused to start, or the boot ended with a
+        cause on record. apt's complaints while cloud-init still runs are not (a later mirror may answer)."""
+        return self.cause == "memcached" or (bool(self.cause) and self.ended)
 
     def message(self, endpoint: str, waited_seconds: float) -> str:
         """The condition message: what failed, memcached's (or apt's) own words, where they came from."""
@@ -190,7 +202,8 @@ def diagnose(
     own = _unique_tail(line for c, line in found if c == cause)
     others = _unique_tail(line for c, line in found if c != cause)
     lines = tuple(dict.fromkeys([*own, *others]))[:MAX_LINES]
-    return BootDiagnosis(instance_id, lines, cause, read, tuple(unread))
+    ended = any(_ENDED.search(text or "") for _, text in sources)
+    return BootDiagnosis(instance_id, lines, cause, read, tuple(unread), ended)
 
 
 def _unique_tail(lines: Iterable[str], keep: int = MAX_LINES) -> list[str]:

@@ -6,8 +6,8 @@ limit of 10, and the Open edX hosts pointed at each dead one in turn). For such 
 
 * its boot is read, at most every LOOK_AGAIN_SECONDS: EC2's console output (no agent needed) and, when its SSM
   agent is online, `journalctl -u memcached` and the tail of cloud-init's log (domain/boot.py, bounded);
-* as soon as the logs name a cause (memcached's own error, an apt failure, ...), or when BOOT_GRACE_SECONDS
-  passed with none, it is a boot failure: CacheHealthy=False reason `BootFailed` with the last meaningful lines,
+* as soon as the logs are conclusive (memcached's own error, or the boot ended on an apt failure, a failed unit,
+  ...), or when BOOT_GRACE_SECONDS passed without, it is a boot failure: CacheHealthy=False reason `BootFailed` with the last meaningful lines,
   a Warning event once per instance, `edx_remote_cache_boot_failures_total`;
 * one replacement per spec generation (`status.boot`, kept across operator restarts); when that one fails to
   boot too, Stalled with reason `BootFailed` until the spec changes (a new generation gets a fresh attempt) or
@@ -143,7 +143,7 @@ class BootWatch:
         else:
             found = await self._diagnose(spec, instance_id)
             memory.looked[instance_id] = (now, found)
-        if not found.cause and now - since < BOOT_GRACE_SECONDS:
+        if not found.conclusive and now - since < BOOT_GRACE_SECONDS:
             return ""  # still booting, as far as anything tells
         return await self._failed(obj, state, spec, instance_id, result.endpoint, found, now - since)
 

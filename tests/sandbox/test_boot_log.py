@@ -102,3 +102,20 @@ def test_console_output_of_an_unknown_instance_is_not_found(sandbox: Sandbox) ->
         console(sandbox, "i-0123456789abcdef0")
     assert caught.value.code == "InvalidInstanceID.NotFound"
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.timeout(60)
+def test_instances_launched_together_all_boot_with_their_network(sandbox: Sandbox) -> None:
+    """Several RunInstances answered at once (an operator creating many objects): each instance boots once
+    its namespace exists. Booted by another launch's hook before that, memcached had no network, failed its
+    first boot and printed a failure BootFailed would quote for a cache that was never broken."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    user_data = render_user_data(MemcachedSettings())
+    with ThreadPoolExecutor(6) as pool:
+        launched = list(pool.map(lambda _: launch(sandbox, user_data), range(6)))
+    for instance_id in launched:
+        text = console(sandbox, instance_id)
+        assert "Started memcached.service" in text and "[FAILED]" not in text, text
+        host = sandbox.cache_host(instance_id)
+        assert host is not None and host.state == "running", (instance_id, host and host.failure)

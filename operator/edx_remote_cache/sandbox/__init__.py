@@ -228,12 +228,13 @@ class Sandbox:
                 align_eni_groups(
                     self._aws().ec2_backends(), eni_wins=request.operation != "ModifyInstanceAttribute"
                 )
-            network.sync(*observe(self._aws().ec2_backends()))
+            instances, groups = observe(self._aws().ec2_backends())
+            network.sync(instances, groups)
             if request.operation in INSTANCE_CHANGES:
                 rebooted: tuple[str, ...] = ()
                 if request.operation == "RebootInstances":
                     rebooted = tuple(v for k, v in request.params.items() if k.startswith("InstanceId."))
-                caches.sync(rebooted)
+                caches.sync(rebooted, networked=frozenset(i.instance_id for i in instances))
                 ssm.poke()
             return None
 

@@ -207,13 +207,23 @@ class CacheHostManager:
 
     # -- EC2 state → processes --------------------------------------------------------------------------------------
 
-    def sync(self, rebooted: tuple[str, ...] = ()) -> None:
-        """Bring memcached processes in line with EC2: start on running, kill on stopped/terminated."""
+    def sync(self, rebooted: tuple[str, ...] = (), networked: frozenset[str] | None = None) -> None:
+        """Bring memcached processes in line with EC2: start on running, kill on stopped/terminated.
+
+        ``networked``: the instances the VPC has given a namespace. An instance EC2 launched after the caller
+        looked at the VPC (another RunInstances answered meanwhile) boots on its own hook's sync instead: booted
+        now, it would have no network, memcached would fail to start, and the boot would look broken."""
         with self._lock:
             if self._closed:
                 return
             for backend in self.aws.ec2_backends():
                 for instance in backend.all_instances():
+                    if (
+                        networked is not None
+                        and instance.id not in networked
+                        and instance.id not in self.hosts
+                    ):
+                        continue
                     self._sync_instance(instance, backend.region_name, instance.id in rebooted)
 
     def _sync_instance(self, instance: Any, region: str, rebooted: bool) -> None:
@@ -261,9 +271,12 @@ class CacheHostManager:
             say("", "[  OK  ] Started memcached.service - memcached daemon.")
             say("cloud-init[987]", f"{_CLOUD_INIT} finished. Datasource DataSourceEc2Local.", log=True)
             return
-        with open(log_path, "rb") as log:
-            log.seek(offset)
-            printed = log.read()[-4000:].decode(errors="replace").splitlines()
+        try:
+            with open(log_path, "rb") as log:
+                log.seek(offset)
+                printed = log.read()[-4000:].decode(errors="replace").splitlines()
+        except FileNotFoundError:  # memcached never ran: systemd's reason is all there is
+            printed = [cache.failure or "memcached did not start"]
         for line in printed:
             if line.strip() and not line.startswith("--- "):
                 say("memcached[1203]", line)

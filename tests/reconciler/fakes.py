@@ -141,8 +141,20 @@ class FakeEdxHosts:
 
 
 class FakeDrift:
+    """No drift; `seen` is what the hosts' own check of their cache endpoints says (the app hosts' vantage)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple[Any, ...]] = {}
+        self.asked: dict[str, tuple[str, ...]] = {}
+
     def expect(self, expected: Mapping[str, Mapping[str, str]]) -> None:
         pass
+
+    def expect_reach(self, reach: Mapping[str, Sequence[str]]) -> None:
+        self.asked.update({h: tuple(eps) for h, eps in reach.items()})
+
+    def vantage(self, hosts: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        return {h: self.seen[h] for h in hosts if h in self.seen}
 
     def due(self) -> bool:
         return False
@@ -391,6 +403,7 @@ class World:
     adapters: Adapters
     edx: FakeEdxHosts
     claims: FakeClaims
+    drift: FakeDrift = dataclasses.field(default_factory=FakeDrift)
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
@@ -434,7 +447,19 @@ def world() -> World:
         claims=claims_index,
     )
     return World(
-        journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters, edx, claims_index
+        journal,
+        clock,
+        cloud,
+        observer,
+        ssm,
+        status,
+        hosts,
+        memcached,
+        events,
+        adapters,
+        edx,
+        claims_index,
+        drift,
     )
 
 

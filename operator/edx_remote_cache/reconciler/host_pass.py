@@ -67,6 +67,13 @@ class HostPass:
         complete = len(targets) == spec.instance.replicas and bool(targets)
         if not complete or not cloud.edx_hosts:
             return [previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
+        if (
+            cloud.unanswered
+        ):  # never point the site at a cache that has not answered: hosts keep what they have
+            waiting = (
+                f"waiting for {', '.join(cloud.unanswered)} to answer a probe before pointing hosts at it"
+            )
+            return [previous.get(h) or HostPushResult(h, "Pending", message=waiting) for h in cloud.edx_hosts]
         pushed = list(state.status.get("pushedEndpoints") or [])
         due = [h for h in cloud.edx_hosts if self.host_due(state, previous.get(h), generation, targets)]
         configured = [h for h in cloud.edx_hosts if h in previous and previous[h].state == "Configured"]
@@ -75,6 +82,7 @@ class HostPass:
         settled = [h for h in configured if h not in retargeted]
         checker = self.adapters.host_drift(spec.region, float(spec.drift_interval_seconds))
         checker.expect(expected_files(previous[h] for h in settled))
+        checker.expect_reach({h: tuple(targets) for h in settled})  # the app hosts' vantage, same command
         drifted: list[str] = []
         if trigger == "drift" and settled:
             # one batched check of every pushed file in the region per drift interval, shared by all resources
@@ -87,6 +95,10 @@ class HostPass:
                     continue
                 then = "paused, not re-applying" if not mutate else "re-applying"
                 self.adapters.events(obj, "Warning", "HostDrift", f"{host}: {report.reason}; {then}")
+        state.host_vantage = {
+            h: tuple(r for r in reach if r.endpoint in targets)
+            for h, reach in checker.vantage(settled).items()
+        }
         # A RolledBack/Failed/Conflict host is pushed again only when its back-off is over (see host_due).
         todo = [h for h in cloud.edx_hosts if h in due or h in drifted or h in retargeted]
         if not todo:

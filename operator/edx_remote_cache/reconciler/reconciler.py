@@ -164,10 +164,14 @@ class Reconciler:
         if retried is not None:
             self.adapters.events(obj, "Normal", "Retried", f"{retried.service} {retried.code} cleared "
                                  f"after {retried.attempt} attempt(s)")  # fmt: skip
+        # probed before the host pass: a new endpoint that answers now is pushed in this pass, not the next
+        await self.prober.probe(obj, state, spec, cloud.endpoints)
+        cloud.unanswered = tuple(
+            e for e in cloud.endpoints if state.endpoint_instances.get(e) not in state.answered
+        )
         claims = await self.claims.settle(obj, state, spec, cloud, mutate=not paused)
         pushed = await self.hosts.run(obj, state, spec, claims.cloud, mutate=not paused, trigger=trigger)
         hosts = claims.merge(pushed)
-        await self.prober.probe(obj, state, spec, cloud.endpoints)
         facts = self.status.facts(state, spec, ref.generation, cloud, hosts, paused_by=paused_by)
         parts = self.status.cloud_parts(cloud, spec, hosts, state)
         await self.status.publish(obj, state, facts, retry=None, **parts)

@@ -27,6 +27,7 @@ from edx_remote_cache.domain.cloud.actions import ActResult, Plan
 from edx_remote_cache.domain.cloud.desired import DesiredCacheHost
 from edx_remote_cache.domain.cloud.model import ObservedCloud, Owner
 from edx_remote_cache.domain.conditions import Facts
+from edx_remote_cache.domain.hosts.drift import HostReach
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.domain.vantage import Doubt, HostOpinion
 from edx_remote_cache.reconciler.retrying import RetryRecord
@@ -142,6 +143,12 @@ class ResourceState:
     )
     heal_stall_generation: int = 0
     retry: RetryRecord | None = None  # the current retryable-error episode; None once a pass gets through
+    # make before break: instance ids that answered a probe since they last started (reconciler/probing.py adds,
+    # the cloud pass drops one seen not running), and each running endpoint's instance id
+    answered: set[str] = dataclasses.field(default_factory=set)
+    endpoint_instances: dict[str, str] = dataclasses.field(default_factory=dict)
+    # the app hosts' vantage: Open edX host -> its cache endpoints as it saw them at the last drift check
+    host_vantage: dict[str, tuple[HostReach, ...]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -157,6 +164,8 @@ class CloudOutcome:
     replacements: dict[int, int]
     result: ActResult | None
     confirmed: frozenset[str] = frozenset()  # launch tokens AWS answered for (see Progress.confirmed)
+    # endpoints not answered since their instance started: no Open edX host is pointed at them
+    unanswered: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

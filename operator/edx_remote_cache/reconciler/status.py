@@ -23,6 +23,7 @@ from edx_remote_cache.domain.conditions import (
     health_status,
     status_changed,
 )
+from edx_remote_cache.domain.hosts.drift import HostReach
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.reconciler.state import (
     Adapters,
@@ -181,7 +182,29 @@ class StatusPublisher:
     def probe_facts(self, state: ResourceState, spec: EdxRemoteCacheSpec) -> dict[str, Any]:
         """CacheHealthy's inputs: unhealthy after failureThreshold failures (at once when refused)."""
         results = state.last_probe
-        clear = {"cache_unknown_reason": "", "cache_served": False}
+        clear = {"cache_unknown_reason": "", "cache_served": False, "cache_reason": ""}
+        unreached = [
+            f"{host} -> {r.endpoint}: {r.error or 'no answer'}"
+            for host, reach in sorted(state.host_vantage.items())
+            for r in reach
+            if not r.reachable
+        ]
+        # the site's own vantage: an Open edX host that cannot reach its cache is an outage, whatever the
+        # operator sees (its answer is as old as the last drift check: it clears with the next one)
+        if unreached:
+            hosts_say = "the Open edX hosts cannot reach the cache from their side: " + "; ".join(
+                unreached[:5]
+            )
+            bad = [r for r in results if not r.healthy]
+            if bad:  # both vantages agree: the operator's own figures first
+                seen = "; ".join(f"{r.endpoint}: {r.error_kind} ({r.error})" for r in bad)
+                return {**clear, "cache_healthy": False, "cache_message": f"{seen}; {hosts_say}"}
+            return {
+                **clear,
+                "cache_healthy": False,
+                "cache_message": hosts_say,
+                "cache_reason": "UnreachableFromHosts",
+            }
         if not results:
             return {"cache_healthy": None, "cache_message": "", **clear}
         bad = [r for r in results if not r.healthy]
@@ -223,7 +246,7 @@ class StatusPublisher:
             ],
             "securityGroupId": group.group_id if group else None,
             "endpoints": list(cloud.endpoints),
-            "hosts": [h.to_status() for h in hosts],
+            "hosts": [host_status(h, state.host_vantage.get(h.instance_id, ()), state.status) for h in hosts],
             "rollout": state.rollout.to_status() if state.rollout is not None else None,
             "region": spec.region,
             "subnetId": spec.instance.subnet_id,
@@ -271,3 +294,29 @@ def steady(health: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     skip = {path[1] for path in HEARTBEAT_FIELDS if path[0] == "health"} | set(HEALTH_FIGURES)
     return {k: v for k, v in health.items() if v is not None and k not in skip}
+
+
+def host_status(
+    result: HostPushResult, reach: Sequence[HostReach], previous: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One `status.hosts[]` entry: the push, and the cache endpoints as that host saw them (`cacheReach`).
+
+    An endpoint whose answer did not change keeps the latency already in status: a new figure every drift
+    interval would rewrite the status of every object every interval; the figure is the first of that answer.
+    """
+    out = result.to_status()
+    if not reach:
+        return out
+    before: Mapping[str, Any] = next(
+        (h for h in previous.get("hosts") or [] if h.get("instanceId") == result.instance_id), {}
+    )
+    kept = {
+        (e.get("endpoint"), e.get("reachable"), e.get("error", "")): e for e in before.get("cacheReach") or []
+    }
+    out["cacheReach"] = [
+        kept.get((r.endpoint, r.reachable, r.error))
+        or {"endpoint": r.endpoint, "reachable": r.reachable, "latencyMs": r.latency_ms}
+        | ({"error": r.error} if r.error else {})
+        for r in reach
+    ]
+    return out

@@ -236,6 +236,10 @@ class SandboxNetwork:
             commands += f"addr add {gateway}/{subnet.prefixlen} dev br0\n"
             self._gateways.add(inst.subnet_cidr)
         netns.run(["ip", "-batch", "-"], netns=self.vpc_ns, stdin=commands)
+        # A gratuitous ARP when eth0 comes up, as EC2's VPC makes a reused private IP reachable at once: without
+        # it the Open edX hosts' neighbour entry still names the previous owner's MAC for ~30 s (their own check
+        # of the cache, status.hosts[].cacheReach, saw the reused address unreachable while the operator reached it).
+        netns.run(["sysctl", "-qw", "net.ipv4.conf.eth0.arp_notify=1"], netns=name)
         netns.run(
             ["ip", "-batch", "-"],
             netns=name,

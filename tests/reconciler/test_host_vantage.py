@@ -36,8 +36,26 @@ async def test_every_configured_host_checks_the_endpoints_and_reports_them_in_st
     assert w.status.condition("CacheHealthy")["status"] == "True"
 
 
+# past the window in which a host's check may predate the cache (drift interval 5 s)
+SETTLED = 1.5 * 5 + 5 + 1
+
+
+async def test_a_new_cache_is_not_judged_by_a_hosts_check_that_may_predate_it() -> None:
+    # a replacement, or a private IP reused from a deleted cache: the last batched check can be older than it
+    w, reconciler, obj, _, endpoint = await ready()
+    seen_from_hosts(w, endpoint, reachable=False, error="Connection refused")
+    await drift_pass(reconciler, obj)
+    assert w.status.condition("CacheHealthy")["status"] == "True"
+    w.clock.advance(SETTLED)
+    await drift_pass(reconciler, obj)
+    assert w.status.condition("CacheHealthy")["reason"] == "UnreachableFromHosts", (
+        "then the hosts' view counts"
+    )
+
+
 async def test_a_host_that_cannot_reach_the_cache_makes_it_unhealthy_though_the_operator_reaches_it() -> None:
     w, reconciler, obj, _, endpoint = await ready()
+    w.clock.advance(SETTLED)
     seen_from_hosts(w, endpoint, reachable=False, error="no answer within 2s")
     await drift_pass(reconciler, obj)
     cond = w.status.condition("CacheHealthy")
@@ -67,6 +85,7 @@ async def test_operator_probes_failing_while_the_hosts_reach_the_cache_is_not_he
 
 async def test_when_both_vantages_fail_the_operators_figures_come_first() -> None:
     w, reconciler, obj, _, endpoint = await ready()
+    w.clock.advance(SETTLED)
     seen_from_hosts(w, endpoint, reachable=False, error="Connection refused")
     w.memcached.down[endpoint] = "refused"
     await drift_pass(reconciler, obj)

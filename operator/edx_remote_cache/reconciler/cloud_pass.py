@@ -259,6 +259,7 @@ def remember_answers(state: ResourceState, observed: ObservedCloud, port: int) -
     # hosts check a new endpoint before their first push, it is the only other vantage there is.
     state.answered |= {iid for iid, (_, opinion) in state.opinions.items() if opinion.answers}
     state.answered &= set(running)
+    state.answered_at = {iid: at for iid, at in state.answered_at.items() if iid in state.answered}
     state.endpoint_instances = {f"{i.private_ip}:{port}": iid for iid, i in running.items() if i.private_ip}
     return state.answered
 

@@ -48,8 +48,11 @@ class Prober:
         for r in results:
             self.adapters.metrics.record_probe(ref.namespace, ref.name, r)
         self.onsets.record(spec.region, ref.uid, results, self.adapters.clock())
-        state.answered |= {state.endpoint_instances[r.endpoint] for r in results
-                           if r.healthy and r.endpoint in state.endpoint_instances}  # fmt: skip
+        now = self.adapters.clock()
+        for r in results:
+            if r.healthy and r.endpoint in state.endpoint_instances:
+                state.answered.add(state.endpoint_instances[r.endpoint])
+                state.answered_at.setdefault(state.endpoint_instances[r.endpoint], now)
         return results
 
     async def probe_once(self, obj: Mapping[str, Any], state: ResourceState) -> list[ProbeResult]:

@@ -146,6 +146,7 @@ class ResourceState:
     # make before break: instance ids that answered a probe since they last started (reconciler/probing.py adds,
     # the cloud pass drops one seen not running), and each running endpoint's instance id
     answered: set[str] = dataclasses.field(default_factory=set)
+    answered_at: dict[str, float] = dataclasses.field(default_factory=dict)  # first answer since it started
     endpoint_instances: dict[str, str] = dataclasses.field(default_factory=dict)
     # the app hosts' vantage: Open edX host -> its cache endpoints as it saw them at the last drift check
     host_vantage: dict[str, tuple[HostReach, ...]] = dataclasses.field(default_factory=dict)

@@ -183,11 +183,21 @@ class StatusPublisher:
         """CacheHealthy's inputs: unhealthy after failureThreshold failures (at once when refused)."""
         results = state.last_probe
         clear = {"cache_unknown_reason": "", "cache_served": False, "cache_reason": ""}
+        # A host's answer is as old as the last batched drift check, which may predate a new cache on this
+        # endpoint (a replacement, or a private IP reused from a deleted cache): an endpoint counts as
+        # unreachable from the hosts only once its instance has answered the operator for longer than that.
+        settle = 1.5 * float(spec.drift_interval_seconds) + 5.0
+        now = self.adapters.clock()
+        fresh = {
+            endpoint
+            for endpoint, iid in state.endpoint_instances.items()
+            if now - state.answered_at.get(iid, now) < settle
+        }
         unreached = [
             f"{host} -> {r.endpoint}: {r.error or 'no answer'}"
             for host, reach in sorted(state.host_vantage.items())
             for r in reach
-            if not r.reachable
+            if not r.reachable and r.endpoint not in fresh
         ]
         # the site's own vantage: an Open edX host that cannot reach its cache is an outage, whatever the
         # operator sees (its answer is as old as the last drift check: it clears with the next one)

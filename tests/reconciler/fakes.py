@@ -141,11 +141,13 @@ class FakeEdxHosts:
 
 
 class FakeDrift:
-    """No drift; `seen` is what the hosts' own check of their cache endpoints says (the app hosts' vantage)."""
+    """No drift; `seen` is what the hosts' own check of their cache endpoints says (the app hosts' vantage): an
+    answer without a `checked_at` comes from a check sent at the moment it is read, like a check just done."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self.seen: dict[str, tuple[Any, ...]] = {}
         self.asked: dict[str, tuple[str, ...]] = {}
+        self.clock = clock or Clock()
 
     def expect(self, expected: Mapping[str, Mapping[str, str]]) -> None:
         pass
@@ -154,7 +156,10 @@ class FakeDrift:
         self.asked.update({h: tuple(eps) for h, eps in reach.items()})
 
     def vantage(self, hosts: Sequence[str]) -> dict[str, tuple[Any, ...]]:
-        return {h: self.seen[h] for h in hosts if h in self.seen}
+        now = self.clock()
+        return {
+            h: tuple(r if r.checked_at else r.at(now) for r in self.seen[h]) for h in hosts if h in self.seen
+        }
 
     def due(self) -> bool:
         return False
@@ -422,7 +427,7 @@ def world() -> World:
     memcached = FakeMemcached()
     ssm = FakeSsm(journal, cloud, memcached)
     events: list[tuple[str, str, str]] = []
-    lookups, edx, drift = FakeLookups(), FakeEdxHosts(), FakeDrift()
+    lookups, edx, drift = FakeLookups(), FakeEdxHosts(), FakeDrift(clock)
     claims_index = FakeClaims(status)
 
     def record_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

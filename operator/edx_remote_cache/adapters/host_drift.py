@@ -60,7 +60,6 @@ class _Seen:
     changed: dict[str, str | None] = field(default_factory=dict)
     problem: str = ""  # could not check (offline, failed, unparsable): the push path says why
     reach: tuple[HostReach, ...] = ()  # the cache endpoints as the host saw them
-    reach_asked: tuple[str, ...] = ()  # the endpoints it was asked to check
 
 
 class HostDriftChecker:
@@ -72,12 +71,16 @@ class HostDriftChecker:
         clock: Callable[[], float] = time.monotonic,
         wait_seconds: float = WAIT_SECONDS,
         wait_clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._ssm = ssm
         self._ttl = ttl_seconds
         self._clock = clock
         self._wait = wait_seconds
         self._wait_clock = wait_clock  # for the waits within one check (``clock`` paces the checks)
+        self._wall_clock = (
+            wall_clock  # stamps the hosts' answers (HostReach.checked_at), as the reconciler's clock
+        )
         self._wanted_lock = threading.Lock()  # held for microseconds: expect() runs on the event loop
         self._run_lock = threading.Lock()  # held for a whole check
         self._wanted: dict[str, dict[str, tuple[str, float]]] = {}  # host → path → (sha256, renewed at)
@@ -108,7 +111,8 @@ class HostDriftChecker:
                     mine[endpoint] = now
 
     def vantage(self, hosts: Sequence[str]) -> dict[str, tuple[HostReach, ...]]:
-        """What the last check's hosts said about their cache endpoints (hosts not asked: left out)."""
+        """What the last check's hosts said about their cache endpoints, each answer stamped with when the check
+        was sent (hosts not asked, or that did not answer: left out)."""
         seen = self._seen
         return {h: seen[h].reach for h in hosts if h in seen and seen[h].reach}
 
@@ -122,9 +126,12 @@ class HostDriftChecker:
         with self._run_lock:
             if not self.due():
                 return  # another caller just ran it
-            now = self._clock()
+            now, sent_at = self._clock(), self._wall_clock()
             self._checked_at = now
-            self._seen = self._check_all(now)
+            seen = self._check_all(now)
+            for answer in seen.values():
+                answer.reach = tuple(r.at(sent_at) for r in answer.reach)
+            self._seen = seen
 
     def reports(self, expected: Mapping[str, Mapping[str, str]]) -> dict[str, DriftReport]:
         """One report per host of ``expected`` from the last check (never blocks)."""
@@ -167,10 +174,7 @@ class HostDriftChecker:
         if not wants:
             return {}
         reach = self._current_reach(now, list(wants))
-        seen = {
-            host: _Seen(expected=dict(files), reach_asked=reach.get(host, ()))
-            for host, files in wants.items()
-        }
+        seen = {host: _Seen(expected=dict(files)) for host, files in wants.items()}
         # Hosts that answered the last check are sent to straight away; only the others cost a ping first.
         online = [h for h in wants if h in self._answered] + self._online_of(
             [h for h in wants if h not in self._answered], seen

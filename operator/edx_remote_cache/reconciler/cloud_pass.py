@@ -251,17 +251,17 @@ def unaccounted_hosts(listed: Sequence[str], found: Sequence[EdxHost], *, region
 
 
 def remember_answers(state: ResourceState, observed: ObservedCloud, port: int) -> set[str]:
-    """`state.answered` minus the instances not running now (an answer counts since the instance last started);
+    """The instances that answered since they last started (`state.answered_at` minus those not running now);
     `state.endpoint_instances` for the probes to credit their answers to."""
     running = {i.instance_id: i for i in observed.instances if i.state == "running"}
     # The cache host's own answer (the second opinion, when the operator's path is blocked) counts too: without
-    # it a fresh install whose operator cannot reach the caches would never configure a host. Until the app
-    # hosts check a new endpoint before their first push, it is the only other vantage there is.
-    state.answered |= {iid for iid, (_, opinion) in state.opinions.items() if opinion.answers}
-    state.answered &= set(running)
-    state.answered_at = {iid: at for iid, at in state.answered_at.items() if iid in state.answered}
+    # it a fresh install whose operator cannot reach the caches would never configure a host.
+    for iid, (asked_at, opinion) in state.opinions.items():
+        if opinion.answers:
+            state.answered_at.setdefault(iid, asked_at)
+    state.answered_at = {iid: at for iid, at in state.answered_at.items() if iid in running}
     state.endpoint_instances = {f"{i.private_ip}:{port}": iid for iid, i in running.items() if i.private_ip}
-    return state.answered
+    return set(state.answered_at)
 
 
 def in_use(state: ResourceState, observed: ObservedCloud, hosts: Sequence[str], port: int) -> frozenset[str]:

@@ -344,12 +344,14 @@ class Healer:
 
 
 def hosts_reaching(state: ResourceState, endpoint: str) -> list[str]:
-    """The Open edX hosts whose last drift check reached `endpoint`, when none of those asked failed to."""
+    """The Open edX hosts that reached `endpoint` in a check sent since the operator's probes began failing,
+    when none of those failed to (an older answer says nothing about this failure: it must not stop healing)."""
+    since = state.failing_since if state.failing_since is not None else float("inf")
     seen = [
         (host, r.reachable)
-        for host, reach in state.host_vantage.items()
+        for host, reach in (state.host_vantage or {}).items()
         for r in reach
-        if r.endpoint == endpoint
+        if r.endpoint == endpoint and r.checked_at >= since
     ]
     if not seen or not all(ok for _, ok in seen):
         return []

@@ -22,6 +22,7 @@ from typing import Any
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.host_push import HostPushResult, expected_files
 from edx_remote_cache.domain.conditions import ROLLOUT_ERROR_STATES, count_rollout_errors
+from edx_remote_cache.domain.hosts.drift import merge_reach
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.reconciler.state import (
     RESUME_ANNOTATION,
@@ -33,6 +34,7 @@ from edx_remote_cache.reconciler.state import (
     RolloutHalt,
     annotation,
 )
+from edx_remote_cache.reconciler.status import reach_from_status
 
 # A RolledBack / Failed / Conflict host is pushed again after a back-off that doubles from MIN to MAX, or at
 # once when the spec or the endpoints change (each retry of a rollback restarts its services twice).
@@ -67,13 +69,6 @@ class HostPass:
         complete = len(targets) == spec.instance.replicas and bool(targets)
         if not complete or not cloud.edx_hosts:
             return [previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
-        if (
-            cloud.unanswered
-        ):  # never point the site at a cache that has not answered: hosts keep what they have
-            waiting = (
-                f"waiting for {', '.join(cloud.unanswered)} to answer a probe before pointing hosts at it"
-            )
-            return [previous.get(h) or HostPushResult(h, "Pending", message=waiting) for h in cloud.edx_hosts]
         pushed = list(state.status.get("pushedEndpoints") or [])
         due = [h for h in cloud.edx_hosts if self.host_due(state, previous.get(h), generation, targets)]
         configured = [h for h in cloud.edx_hosts if h in previous and previous[h].state == "Configured"]
@@ -95,14 +90,24 @@ class HostPass:
                     continue
                 then = "paused, not re-applying" if not mutate else "re-applying"
                 self.adapters.events(obj, "Warning", "HostDrift", f"{host}: {report.reason}; {then}")
-        state.host_vantage = {
-            h: tuple(r for r in reach if r.endpoint in targets)
-            for h, reach in checker.vantage(settled).items()
-        }
+        state.host_vantage = merge_reach(
+            state.host_vantage if state.host_vantage is not None else reach_from_status(state.status),
+            checker.vantage(settled),
+            hosts=settled,
+            endpoints=targets,
+            answered_at=state.endpoint_answered_at(),
+        )
         # A RolledBack/Failed/Conflict host is pushed again only when its back-off is over (see host_due).
         todo = [h for h in cloud.edx_hosts if h in due or h in drifted or h in retargeted]
         if not todo:
             return [previous[h] for h in cloud.edx_hosts]
+        if (
+            cloud.unanswered
+        ):  # never point the site at a cache that has not answered: hosts keep what they have
+            waiting = (
+                f"waiting for {', '.join(cloud.unanswered)} to answer a probe before pointing hosts at it"
+            )
+            return [previous.get(h) or HostPushResult(h, "Pending", message=waiting) for h in cloud.edx_hosts]
         if not mutate:
             return [previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
         # Every endpoint this object may have written is replaced as one block by the new ordered list: a host

@@ -51,7 +51,6 @@ class Prober:
         now = self.adapters.clock()
         for r in results:
             if r.healthy and r.endpoint in state.endpoint_instances:
-                state.answered.add(state.endpoint_instances[r.endpoint])
                 state.answered_at.setdefault(state.endpoint_instances[r.endpoint], now)
         return results
 

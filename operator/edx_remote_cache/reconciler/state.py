@@ -143,13 +143,21 @@ class ResourceState:
     )
     heal_stall_generation: int = 0
     retry: RetryRecord | None = None  # the current retryable-error episode; None once a pass gets through
-    # make before break: instance ids that answered a probe since they last started (reconciler/probing.py adds,
-    # the cloud pass drops one seen not running), and each running endpoint's instance id
-    answered: set[str] = dataclasses.field(default_factory=set)
-    answered_at: dict[str, float] = dataclasses.field(default_factory=dict)  # first answer since it started
-    endpoint_instances: dict[str, str] = dataclasses.field(default_factory=dict)
-    # the app hosts' vantage: Open edX host -> its cache endpoints as it saw them at the last drift check
-    host_vantage: dict[str, tuple[HostReach, ...]] = dataclasses.field(default_factory=dict)
+    # make before break: instance id -> when it first answered (a probe, or the cache host's own answer) since it
+    # last started (reconciler/probing.py adds, the cloud pass drops one seen not running). In memory only: a
+    # restarted operator's first probe, which comes before any push in its first pass, fills it again.
+    answered_at: dict[str, float] = dataclasses.field(default_factory=dict)
+    endpoint_instances: dict[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # running endpoint -> instance
+    # the app hosts' vantage: Open edX host -> its cache endpoints as it last saw them (see merge_reach). Seeded
+    # from status.hosts[].cacheReach, so a restarted operator reports what it reported before (no write).
+    host_vantage: dict[str, tuple[HostReach, ...]] | None = None
+
+    def endpoint_answered_at(self) -> dict[str, float]:
+        """Running endpoint -> when its current cache first answered; endpoints not answered yet left out."""
+        at = self.answered_at
+        return {e: at[iid] for e, iid in self.endpoint_instances.items() if iid in at}
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from edx_remote_cache.adapters.host_push import HostPushResult
@@ -183,21 +184,11 @@ class StatusPublisher:
         """CacheHealthy's inputs: unhealthy after failureThreshold failures (at once when refused)."""
         results = state.last_probe
         clear = {"cache_unknown_reason": "", "cache_served": False, "cache_reason": ""}
-        # A host's answer is as old as the last batched drift check, which may predate a new cache on this
-        # endpoint (a replacement, or a private IP reused from a deleted cache): an endpoint counts as
-        # unreachable from the hosts only once its instance has answered the operator for longer than that.
-        settle = 1.5 * float(spec.drift_interval_seconds) + 5.0
-        now = self.adapters.clock()
-        fresh = {
-            endpoint
-            for endpoint, iid in state.endpoint_instances.items()
-            if now - state.answered_at.get(iid, now) < settle
-        }
         unreached = [
             f"{host} -> {r.endpoint}: {r.error or 'no answer'}"
-            for host, reach in sorted(state.host_vantage.items())
+            for host, reach in sorted((state.host_vantage or {}).items())
             for r in reach
-            if not r.reachable and r.endpoint not in fresh
+            if not r.reachable
         ]
         # the site's own vantage: an Open edX host that cannot reach its cache is an outage, whatever the
         # operator sees (its answer is as old as the last drift check: it clears with the next one)
@@ -256,7 +247,9 @@ class StatusPublisher:
             ],
             "securityGroupId": group.group_id if group else None,
             "endpoints": list(cloud.endpoints),
-            "hosts": [host_status(h, state.host_vantage.get(h.instance_id, ()), state.status) for h in hosts],
+            "hosts": [
+                host_status(h, (state.host_vantage or {}).get(h.instance_id, ()), state.status) for h in hosts
+            ],
             "rollout": state.rollout.to_status() if state.rollout is not None else None,
             "region": spec.region,
             "subnetId": spec.instance.subnet_id,
@@ -330,3 +323,28 @@ def host_status(
         for r in reach
     ]
     return out
+
+
+def reach_from_status(status: Mapping[str, Any]) -> dict[str, tuple[HostReach, ...]]:
+    """`status.hosts[].cacheReach` read back (what a restarted operator starts from; the time is unknown)."""
+    out: dict[str, tuple[HostReach, ...]] = {}
+    for host in status.get("hosts") or []:
+        reach = tuple(
+            HostReach(
+                str(e["endpoint"]), bool(e.get("reachable")), int(e.get("latencyMs") or 0), e.get("error", "")
+            )
+            for e in host.get("cacheReach") or []
+            if isinstance(e, Mapping) and e.get("endpoint")
+        )
+        if reach and host.get("instanceId"):
+            out[str(host["instanceId"])] = reach
+    return out
+
+
+def last_heartbeat(status: Mapping[str, Any]) -> float:
+    """When `status.health.lastProbeTime` says the last heartbeat was written (0.0: never, or unreadable)."""
+    stamp = (status.get("health") or {}).get("lastProbeTime")
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp() if stamp else 0.0
+    except ValueError:
+        return 0.0

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from edx_remote_cache.domain.hosts.protocol import (
     _SHA256,
@@ -47,6 +47,7 @@ __all__ = [
     "DriftAnswer",
     "DriftBatch",
     "HostReach",
+    "merge_reach",
     "pack_batches",
     "parse_drift_answer",
     "parse_hash_output",
@@ -74,6 +75,44 @@ class HostReach:
     reachable: bool
     latency_ms: int
     error: str = ""
+    # when the operator sent the check that brought this answer (wall clock; 0.0: carried over from status by a
+    # restarted operator, time unknown). Not part of the answer's identity: the same answer at another time.
+    checked_at: float = field(default=0.0, compare=False)
+
+    def at(self, checked_at: float) -> HostReach:
+        return replace(self, checked_at=checked_at)
+
+
+def merge_reach(
+    known: Mapping[str, Sequence[HostReach]],
+    fresh: Mapping[str, Sequence[HostReach]],
+    *,
+    hosts: Sequence[str],
+    endpoints: Sequence[str],
+    answered_at: Mapping[str, float],
+) -> dict[str, tuple[HostReach, ...]]:
+    """Each host's latest answer worth believing about each of `endpoints` (older answers about other
+    endpoints, replaced or removed, are dropped).
+
+    `answered_at` maps an endpoint to when its current cache first answered (any vantage): a check sent before
+    that, or about an endpoint that has not answered since its cache last started, is about something else (a
+    cache still booting, the previous owner of a reused private IP) and does not count. A host whose last
+    check brought nothing usable (SSM slow, the check cut short, a check too old) keeps what it said before:
+    an unanswered check is not news, and dropping the answer for one interval rewrote the status twice.
+    """
+    out: dict[str, tuple[HostReach, ...]] = {}
+    for host in hosts:
+        new = {
+            r.endpoint: r for r in fresh.get(host, ()) if r.checked_at >= answered_at.get(r.endpoint, _NEVER)
+        }
+        old = {r.endpoint: r for r in known.get(host, ())}
+        merged = tuple(new.get(e) or old[e] for e in endpoints if e in new or e in old)
+        if merged:
+            out[host] = merged
+    return out
+
+
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True)

@@ -301,13 +301,14 @@ def test_a_slow_region_learns_when_to_look_and_reads_its_answers_in_one_call() -
 class _Memcached(threading.Thread):
     """A loopback stand-in that answers `version` and `stats` like memcached (or accepts and stays silent)."""
 
-    def __init__(self, *, silent: bool = False) -> None:
+    def __init__(self, *, silent: bool = False, drop_first: int = 0) -> None:
         super().__init__(daemon=True)
         import socket
 
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.silent = silent
+        self.drop_first = drop_first  # connections closed unanswered first (a blip: memcached restarting)
         self.held: list[object] = []
 
     def run(self) -> None:
@@ -318,6 +319,10 @@ class _Memcached(threading.Thread):
                 return
             if self.silent:
                 self.held.append(conn)  # accepted, never answered: a wedged memcached
+                continue
+            if self.drop_first:
+                self.drop_first -= 1
+                conn.close()
                 continue
             with conn:
                 data = b""
@@ -360,6 +365,18 @@ def test_each_host_checks_the_cache_endpoints_from_its_own_side(files: dict[str,
     assert [(r.endpoint, r.reachable) for r in other.reach] == [(up, True)], "each host checks its own list"
     good.sock.close()
     hung.sock.close()
+
+
+def test_a_blip_on_the_hosts_side_is_tried_again_before_it_counts(files: dict[str, Path]) -> None:
+    flaky = _Memcached(drop_first=1)
+    flaky.start()
+    endpoint = f"127.0.0.1:{flaky.port}"
+    lms = files["lms.yml"]
+    host = "i-0aaaaaaaaaaaaaaaa"
+    [batch] = pack_batches({host: {str(lms): sha(lms.read_bytes())}}, reach={host: [endpoint]})
+    answer = parse_drift_answer(run(render_drift_script(batch), host), batch, host)
+    assert [(r.endpoint, r.reachable) for r in answer.reach] == [(endpoint, True)], answer.reach
+    flaky.sock.close()
 
 
 def test_an_endpoint_that_is_not_host_port_is_refused() -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 
-from fakes import EDX_HOSTS, World
+import pytest
+from fakes import EDX_HOSTS, World, cache, world
 from test_healing_ladder import fail_probes, ready
 from test_second_opinion import destructive, run_for
 
@@ -141,3 +142,22 @@ async def test_when_both_vantages_fail_the_operators_figures_come_first() -> Non
     cond = w.status.condition("CacheHealthy")
     assert (cond["status"], cond["reason"]) == ("False", "CacheUnhealthy")
     assert cond["message"].startswith(f"{endpoint}: refused") and "from their side" in cond["message"]
+
+
+async def test_a_new_cache_gets_its_hosts_at_the_first_probe_round_that_it_answers() -> None:
+    w = world()
+    reconciler = Reconciler(w.adapters)
+    obj = cache()
+    w.memcached.down["10.0.0.3:11211"] = "refused"  # the fake cloud's first instance: memcached still booting
+    with pytest.raises(RequeueError) as waiting:
+        await reconciler.reconcile(obj)
+    assert waiting.value.delay == 1.0, "asked again at the probe interval, not after the 5 s host back-off"
+    assert w.hosts.pushes == [], "never pointed at a cache that has not answered"
+    hosts = w.status.current["hosts"]
+    assert all(h["state"] == "Pending" and "to answer a probe" in h["message"] for h in hosts), hosts
+    del w.memcached.down["10.0.0.3:11211"]
+    w.clock.advance(1)
+    with contextlib.suppress(RequeueError):
+        await reconciler.reconcile(obj)
+    assert w.hosts.pushes == [(h, ("10.0.0.3:11211",)) for h in EDX_HOSTS]
+    assert w.status.condition("Ready")["status"] == "True"

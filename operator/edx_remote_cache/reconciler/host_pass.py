@@ -101,9 +101,9 @@ class HostPass:
         todo = [h for h in cloud.edx_hosts if h in due or h in drifted or h in retargeted]
         if not todo:
             return [previous[h] for h in cloud.edx_hosts]
-        if (
-            cloud.unanswered
-        ):  # never point the site at a cache that has not answered: hosts keep what they have
+        # never point the site at a cache that has not answered: hosts keep what they have (settled hosts were
+        # still checked above: a cache they already use goes on being watched from their side)
+        if cloud.unanswered:
             waiting = (
                 f"waiting for {', '.join(cloud.unanswered)} to answer a probe before pointing hosts at it"
             )

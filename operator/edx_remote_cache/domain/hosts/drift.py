@@ -59,11 +59,13 @@ HOSTS_PER_COMMAND = 50  # SendCommand accepts at most 50 InstanceIds
 PREFIX_HEX = 32  # hex digits of sha256 compared on the host (128 bits)
 _ENTRY_CHARS = PREFIX_HEX + 8  # one "index:prefix" word in a host's table, quoted, with its separator
 _HOST_CHARS = 40  # one `case` arm's fixed part (instance id, parentheses, want=( … );;)
-_FIXED_CHARS = 3_200  # prelude and loops
+_FIXED_CHARS = 3_400  # prelude and loops
 _ENDPOINT_CHARS = 30  # one endpoint in the table plus its index in a host's list
-REACH_TIMEOUT_SECONDS = (
-    2  # per endpoint, on the host: a check of 50 hosts x 3 endpoints stays well in CHECK_TIMEOUT
-)
+# per attempt, on the host. A failed attempt is tried once more after a pause: one sample turns CacheHealthy
+# False (the operator's own probes wait for failureThreshold rounds), so a blip (a loaded host, memcached
+# restarting) must last through both to count. Worst case 2 x 2 s + 0.5 s per endpoint, well in CHECK_TIMEOUT.
+REACH_TIMEOUT_SECONDS = 2
+REACH_RETRY_PAUSE_SECONDS = 0.5
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.-]{1,253}:[0-9]{1,5}$")
 
 
@@ -256,13 +258,16 @@ esac"""
             choose,
             f"""\
 erc_reach() {{
-  local t0 out rc ms
-  t0=$(date +%s%N)
-  out=$(timeout {REACH_TIMEOUT_SECONDS} bash -c 'exec 3<>"/dev/tcp/${{0%:*}}/${{0##*:}}" || exit 3
+  local t0 out rc ms try
+  for try in 1 2; do
+    [ "$try" -eq 1 ] || sleep {REACH_RETRY_PAUSE_SECONDS}
+    t0=$(date +%s%N)
+    out=$(timeout {REACH_TIMEOUT_SECONDS} bash -c 'exec 3<>"/dev/tcp/${{0%:*}}/${{0##*:}}" || exit 3
 printf "version\\r\\nstats\\r\\nquit\\r\\n" >&3; cat <&3' "$2" 2>&1); rc=$?
-  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  if [ "$rc" -eq 0 ] && [[ $out == VERSION\\ * ]] && [[ $out == *END* ]]; then echo "ERC-REACH $1 ok $ms"
-  elif [ "$rc" -eq 124 ]; then echo "ERC-REACH $1 fail $ms $(erc_msg "no answer within {REACH_TIMEOUT_SECONDS}s")"
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    if [ "$rc" -eq 0 ] && [[ $out == VERSION\\ * ]] && [[ $out == *END* ]]; then echo "ERC-REACH $1 ok $ms"; return; fi
+  done
+  if [ "$rc" -eq 124 ]; then echo "ERC-REACH $1 fail $ms $(erc_msg "no answer within {REACH_TIMEOUT_SECONDS}s")"
   else echo "ERC-REACH $1 fail $ms $(erc_msg "${{out:-exit $rc}}")"
   fi
 }}

@@ -61,9 +61,10 @@ _ENTRY_CHARS = PREFIX_HEX + 8  # one "index:prefix" word in a host's table, quot
 _HOST_CHARS = 40  # one `case` arm's fixed part (instance id, parentheses, want=( … );;)
 _FIXED_CHARS = 3_400  # prelude and loops
 _ENDPOINT_CHARS = 30  # one endpoint in the table plus its index in a host's list
-# per attempt, on the host. A failed attempt is tried once more after a pause: one sample turns CacheHealthy
-# False (the operator's own probes wait for failureThreshold rounds), so a blip (a loaded host, memcached
-# restarting) must last through both to count. Worst case 2 x 2 s + 0.5 s per endpoint, well in CHECK_TIMEOUT.
+# per endpoint, on the host. A quick failure (refused, reset, a short answer) is tried once more after a pause:
+# one sample turns CacheHealthy False (the operator's own probes wait for failureThreshold rounds), so a blip
+# such as memcached restarting must last through both to count. A timeout is not tried again: 2 s of silence
+# is no blip, and a second wait would delay reporting a dropped path (a revoked security-group rule) by 2.5 s.
 REACH_TIMEOUT_SECONDS = 2
 REACH_RETRY_PAUSE_SECONDS = 0.5
 _ENDPOINT = re.compile(r"^[A-Za-z0-9.-]{1,253}:[0-9]{1,5}$")
@@ -266,6 +267,7 @@ erc_reach() {{
 printf "version\\r\\nstats\\r\\nquit\\r\\n" >&3; cat <&3' "$2" 2>&1); rc=$?
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     if [ "$rc" -eq 0 ] && [[ $out == VERSION\\ * ]] && [[ $out == *END* ]]; then echo "ERC-REACH $1 ok $ms"; return; fi
+    [ "$rc" -ne 124 ] || break
   done
   if [ "$rc" -eq 124 ]; then echo "ERC-REACH $1 fail $ms $(erc_msg "no answer within {REACH_TIMEOUT_SECONDS}s")"
   else echo "ERC-REACH $1 fail $ms $(erc_msg "${{out:-exit $rc}}")"

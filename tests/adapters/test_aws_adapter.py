@@ -182,12 +182,15 @@ class World:
 
     def plan(self, spec: EdxRemoteCacheSpec, owner: Owner = OWNER) -> Plan:
         st = self.owner_state(owner)
+        observed = self.observe(spec, owner)
         return diff(
             desired=self.desired(spec, owner),
-            observed=self.observe(spec, owner),
+            observed=observed,
             now=self.clock,
             launches=st.launches,
             replace=st.replace,
+            # no memcached in this world: every running instance counts as having answered its probe
+            answered={i.instance_id for i in observed.instances if i.state == "running"},
         )
 
     def execute(self, plan: Plan, owner: Owner = OWNER) -> ActResult:

@@ -293,3 +293,94 @@ def test_a_slow_region_learns_when_to_look_and_reads_its_answers_in_one_call() -
         checker.reports(expected)
         assert time.monotonic() - started < 0.05, "expect/reports waited for the running check"
         running.join(timeout=30)
+
+
+# ------------------------------------------------------------------ the app host's vantage, run by real bash
+
+
+class _Memcached(threading.Thread):
+    """A loopback stand-in that answers `version` and `stats` like memcached (or accepts and stays silent)."""
+
+    def __init__(self, *, silent: bool = False, drop_first: int = 0) -> None:
+        super().__init__(daemon=True)
+        import socket
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.silent = silent
+        self.drop_first = drop_first  # connections closed unanswered first (a blip: memcached restarting)
+        self.held: list[object] = []
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if self.silent:
+                self.held.append(conn)  # accepted, never answered: a wedged memcached
+                continue
+            if self.drop_first:
+                self.drop_first -= 1
+                conn.close()
+                continue
+            with conn:
+                data = b""
+                while b"quit" not in data:
+                    chunk = conn.recv(1024)
+                    if not chunk:
+                        break
+                    data += chunk
+                conn.sendall(b"VERSION 1.6.21\r\nSTAT pid 1\r\nSTAT curr_connections 2\r\nEND\r\n")
+
+
+def test_each_host_checks_the_cache_endpoints_from_its_own_side(files: dict[str, Path]) -> None:
+    import socket
+
+    good, hung = _Memcached(), _Memcached(silent=True)
+    good.start()
+    hung.start()
+    with socket.create_server(("127.0.0.1", 0)) as closed_sock:
+        closed = closed_sock.getsockname()[1]
+    up, refused, wedged = f"127.0.0.1:{good.port}", f"127.0.0.1:{closed}", f"127.0.0.1:{hung.port}"
+    lms, studio = files["lms.yml"], files["studio.yml"]
+    batch = pack_batches(
+        {
+            "i-0aaaaaaaaaaaaaaaa": {str(lms): sha(lms.read_bytes())},
+            "i-0bbbbbbbbbbbbbbbb": {str(studio): sha(studio.read_bytes())},
+        },
+        reach={"i-0aaaaaaaaaaaaaaaa": [up, refused, wedged], "i-0bbbbbbbbbbbbbbbb": [up]},
+    )[0]
+    script = render_drift_script(batch)
+    started = time.monotonic()
+    answer = parse_drift_answer(run(script, "i-0aaaaaaaaaaaaaaaa"), batch, "i-0aaaaaaaaaaaaaaaa")
+    assert time.monotonic() - started < 6, "every endpoint is bounded by its small timeout"
+    seen = {r.endpoint: r for r in answer.reach}
+    assert seen[up].reachable and seen[up].error == "" and 0 <= seen[up].latency_ms < 2000
+    assert not seen[refused].reachable and "refused" in seen[refused].error.lower()
+    assert not seen[wedged].reachable and seen[wedged].error == "no answer within 2s"
+    assert seen[wedged].latency_ms >= 1900
+    assert answer.changed == (), "the file check is unchanged"
+    other = parse_drift_answer(run(script, "i-0bbbbbbbbbbbbbbbb"), batch, "i-0bbbbbbbbbbbbbbbb")
+    assert [(r.endpoint, r.reachable) for r in other.reach] == [(up, True)], "each host checks its own list"
+    good.sock.close()
+    hung.sock.close()
+
+
+def test_a_blip_on_the_hosts_side_is_tried_again_before_it_counts(files: dict[str, Path]) -> None:
+    flaky = _Memcached(drop_first=1)
+    flaky.start()
+    endpoint = f"127.0.0.1:{flaky.port}"
+    lms = files["lms.yml"]
+    host = "i-0aaaaaaaaaaaaaaaa"
+    [batch] = pack_batches({host: {str(lms): sha(lms.read_bytes())}}, reach={host: [endpoint]})
+    answer = parse_drift_answer(run(render_drift_script(batch), host), batch, host)
+    assert [(r.endpoint, r.reachable) for r in answer.reach] == [(endpoint, True)], answer.reach
+    flaky.sock.close()
+
+
+def test_an_endpoint_that_is_not_host_port_is_refused() -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        pack_batches(
+            {"i-0aaaaaaaaaaaaaaaa": {"/edx/etc/lms.yml": sha(b"")}}, reach={"i-0aaaaaaaaaaaaaaaa": ["$(x):1"]}
+        )

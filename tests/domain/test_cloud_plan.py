@@ -398,14 +398,64 @@ def test_memcached_config_change_reconfigures_one_replica_per_pass() -> None:
     assert "-c 4096" in desired.reconfigure_script
 
 
-def test_host_without_ssm_is_replaced_next_generation_first() -> None:
+def test_host_without_ssm_is_replaced_next_generation_first_and_kept_until_then() -> None:
     desired = make_desired()
     observed = ObservedCloud((instance(desired, 0, config="0000000000000000"),), (security_group(desired),))
     plan = plan_of(desired, observed, replace={"i-00000000000000001"})
-    assert kinds(plan) == ["RunInstance", "TerminateInstance"]
-    run, terminate = plan.actions
+    assert kinds(plan) == ["RunInstance"], "make before break: the old instance keeps serving"
+    (run,) = plan.actions
     assert isinstance(run, RunInstance) and run.generation == 1 and run.index == 0
-    assert terminate == TerminateInstance("i-00000000000000001", "replaced by generation 1")
+
+
+def test_a_stopped_instance_being_replaced_goes_with_the_launch() -> None:
+    desired = make_desired()
+    observed = ObservedCloud((instance(desired, 0, state="stopped"),), (security_group(desired),))
+    plan = plan_of(desired, observed, replace={"i-00000000000000001"})
+    assert kinds(plan) == ["RunInstance", "TerminateInstance"], "a stopped instance serves nothing to keep"
+    assert plan.actions[1] == TerminateInstance("i-00000000000000001", "replaced by generation 1")
+
+
+OLD = "i-0000000000000000a"
+NEW = "i-0000000000000000b"
+
+
+def _replaced(desired: DesiredCacheHost, *, new_state: str = "running") -> ObservedCloud:
+    old = instance(desired, 0, instance_id=OLD)
+    new = instance(desired, 0, instance_id=NEW, generation=1, state=new_state)
+    return ObservedCloud((old, new), (security_group(desired),))
+
+
+@pytest.mark.parametrize(
+    ("new_state", "answered", "in_use", "expected"),
+    [
+        ("pending", (), {OLD}, WaitFor((NEW,), "running", "a successor is starting")),
+        (
+            "running",
+            (),
+            {OLD},
+            WaitFor((NEW,), "answered", f"{OLD} keeps serving until its successor {NEW} answers"),
+        ),
+        (
+            "running",
+            {NEW},
+            {OLD},
+            WaitFor((OLD,), "answered", f"{OLD} is kept until no Open edX host points at it"),
+        ),
+        (
+            "running",
+            {NEW},
+            (),
+            TerminateInstance(OLD, "replaced by generation 1, which answers and serves the hosts"),
+        ),
+    ],
+    ids=["successor-pending", "successor-silent", "hosts-still-on-old", "answered-and-repointed"],
+)
+def test_the_old_instance_goes_only_after_its_successor_answered_and_the_hosts_moved(
+    new_state: str, answered: Any, in_use: Any, expected: Any
+) -> None:
+    desired = make_desired(replacements={0: 1})
+    plan = plan_of(desired, _replaced(desired, new_state=new_state), answered=answered, in_use=in_use)
+    assert plan.actions == (expected,)
 
 
 def test_adoption_tags_attaches_and_never_launches() -> None:
@@ -506,17 +556,31 @@ def test_subnet_change_replaces_one_instance_per_pass() -> None:
     desired = make_desired({"instance": {"replicas": 2, "subnetId": "subnet-0fedcba9876543210"}})
     observed = steady(desired)
     plan = plan_of(desired, observed)
-    assert kinds(plan) == ["RunInstance", "TerminateInstance"]
-    assert plan.actions[1] == TerminateInstance("i-00000000000000001", "replaced by generation 1")
+    assert kinds(plan) == ["RunInstance"], "the old one keeps serving until its successor answers"
+    moved = make_desired(
+        {"instance": {"replicas": 2, "subnetId": "subnet-0fedcba9876543210"}}, replacements={0: 1}
+    )
+    new = instance(moved, 0, instance_id=NEW, generation=1, subnet="subnet-0fedcba9876543210")
+    during = ObservedCloud((*observed.instances, new), observed.security_groups)
+    assert kinds(plan_of(moved, during)) == ["WaitFor"], "replica 1 waits until replica 0 is settled"
+    after = plan_of(moved, during, answered={NEW})
+    assert kinds(after) == ["RunInstance", "TerminateInstance"], "replica 0 settled: replica 1's turn"
+    run, terminate = after.actions
+    assert isinstance(run, RunInstance) and run.index == 1
+    assert terminate == TerminateInstance(
+        "i-00000000000000001", "replaced by generation 1, which answers and serves the hosts"
+    )
 
 
 def test_duplicate_for_one_index_keeps_the_newest_generation() -> None:
     desired = make_desired()
     old = instance(desired, 0, instance_id="i-0000000000000000a")
     new = instance(desired, 0, instance_id="i-0000000000000000b", generation=1)
-    plan = plan_of(desired, ObservedCloud((old, new), (security_group(desired),)))
+    plan = plan_of(desired, ObservedCloud((old, new), (security_group(desired),)), answered={new.instance_id})
     assert plan.actions == (
-        TerminateInstance("i-0000000000000000a", "extra instance for a replica already served"),
+        TerminateInstance(
+            "i-0000000000000000a", "replaced by generation 1, which answers and serves the hosts"
+        ),
     )
 
 

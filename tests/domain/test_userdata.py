@@ -11,6 +11,8 @@ from edx_remote_cache.domain.userdata import (
     ExtraArgError,
     MemcachedSettings,
     extract_memcached_conf,
+    memcached_refusals,
+    parse_extra_arg,
     parse_extra_args,
     parse_memcached_conf,
     render_memcached_conf,
@@ -78,3 +80,52 @@ def test_allowed_extra_args_parse() -> None:
         ("-f", "1.25"),
         ("-B", "ascii"),
     ]
+
+
+# memcached's own start-up checks against what the allow-list lets through: the spec refuses up front exactly
+# what the real binary (the one the sandbox's cache hosts run) would refuse at boot.
+@pytest.mark.parametrize(
+    ("memory_mib", "extra"),
+    [
+        (64, ("-f 1.0",)),
+        (64, ("-f 1.25",)),
+        (64, ("-I 32m",)),
+        (64, ("-I 33m",)),
+        (64, ("-I 64m",)),
+        (1024, ("-I 64m",)),
+        (64, ("-I 512k",)),
+        (64, ("-I 511k",)),
+        (64, ("-I 1k",)),
+        (64, ("-n 1048576", "-t 64", "-B auto", "-o modern")),
+    ],
+)
+def test_the_spec_refuses_what_memcached_itself_refuses(memory_mib: int, extra: tuple[str, ...]) -> None:
+    settings = MemcachedSettings(memory_mib=memory_mib, extra_args=tuple(parse_extra_arg(a) for a in extra))
+    argv = ["memcached", "-u", "nobody", "-l", "127.0.0.1", "-p", "0", "-U", "0", "-m", str(memory_mib)]
+    argv += [word for a in extra for word in a.split(" ")]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=1)
+        refused, said = True, done.stderr + done.stdout
+    except subprocess.TimeoutExpired:  # still running after a second: it started
+        refused, said = False, ""
+    ours = memcached_refusals(settings)
+    assert bool(ours) == refused, (
+        f"memcached {'refused' if refused else 'started'} ({said.strip()}); we say {ours}"
+    )
+
+
+def test_validate_names_the_field_and_the_fix() -> None:
+    from edx_remote_cache.domain.spec import SpecError, parse_spec
+
+    spec = {
+        "region": "us-east-1",
+        "instance": {"subnetId": "subnet-0123456789abcdef0", "instanceType": "t3.micro"},
+        "memcached": {"memoryMiB": 64, "extraArgs": ["-I 64m"]},
+        "network": {"allowFromCidrs": ["10.0.0.0/16"]},
+        "openedx": {"hosts": ["i-0ed00000000000001"]},
+    }
+    with pytest.raises(SpecError) as caught:
+        parse_spec(spec)
+    assert "spec.memcached.extraArgs" in str(caught.value) and "raise memoryMiB or lower -I" in str(
+        caught.value
+    )

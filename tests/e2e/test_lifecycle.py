@@ -180,8 +180,9 @@ def test_retain_leaves_aws_alone_and_an_idle_cache_writes_little(
         if r.is_write and r.name == "kept" and r.namespace == NS and r.time >= since
     ]
     print(f"idle cache, 30 s: {len(writes)} status write(s), {len(every_write)} write(s) of any kind")
-    assert len(writes) <= 2, f"{len(writes)} status writes in 30 s for an idle, healthy cache"
-    assert len(every_write) <= 2, [(r.method, r.path) for r in every_write]
+    # the heartbeat, and the hosts' first answer about the cache from their side (status.hosts[].cacheReach)
+    assert len(writes) <= 3, f"{len(writes)} status writes in 30 s for an idle, healthy cache"
+    assert len(every_write) <= 3, [(r.method, r.path) for r in every_write]
     assert is_still_ready(cache)
     assert cache.ready_history() == ["False", "True"], "Ready flapped on a healthy cache"
 

@@ -141,8 +141,25 @@ class FakeEdxHosts:
 
 
 class FakeDrift:
+    """No drift; `seen` is what the hosts' own check of their cache endpoints says (the app hosts' vantage): an
+    answer without a `checked_at` comes from a check sent at the moment it is read, like a check just done."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.seen: dict[str, tuple[Any, ...]] = {}
+        self.asked: dict[str, tuple[str, ...]] = {}
+        self.clock = clock or Clock()
+
     def expect(self, expected: Mapping[str, Mapping[str, str]]) -> None:
         pass
+
+    def expect_reach(self, reach: Mapping[str, Sequence[str]]) -> None:
+        self.asked.update({h: tuple(eps) for h, eps in reach.items()})
+
+    def vantage(self, hosts: Sequence[str]) -> dict[str, tuple[Any, ...]]:
+        now = self.clock()
+        return {
+            h: tuple(r if r.checked_at else r.at(now) for r in self.seen[h]) for h in hosts if h in self.seen
+        }
 
     def due(self) -> bool:
         return False
@@ -391,6 +408,7 @@ class World:
     adapters: Adapters
     edx: FakeEdxHosts
     claims: FakeClaims
+    drift: FakeDrift = dataclasses.field(default_factory=FakeDrift)
 
     def reasons(self) -> list[str]:
         return [reason for _, reason, _ in self.events]
@@ -409,7 +427,7 @@ def world() -> World:
     memcached = FakeMemcached()
     ssm = FakeSsm(journal, cloud, memcached)
     events: list[tuple[str, str, str]] = []
-    lookups, edx, drift = FakeLookups(), FakeEdxHosts(), FakeDrift()
+    lookups, edx, drift = FakeLookups(), FakeEdxHosts(), FakeDrift(clock)
     claims_index = FakeClaims(status)
 
     def record_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -434,7 +452,19 @@ def world() -> World:
         claims=claims_index,
     )
     return World(
-        journal, clock, cloud, observer, ssm, status, hosts, memcached, events, adapters, edx, claims_index
+        journal,
+        clock,
+        cloud,
+        observer,
+        ssm,
+        status,
+        hosts,
+        memcached,
+        events,
+        adapters,
+        edx,
+        claims_index,
+        drift,
     )
 
 

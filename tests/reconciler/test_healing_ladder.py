@@ -71,15 +71,48 @@ async def test_rung_two_relaunches_a_terminated_instance_and_repoints_the_hosts(
     assert w.hosts.pushes[-len(EDX_HOSTS) :] == [(h, (f"{new.private_ip}:11211",)) for h in EDX_HOSTS]
 
 
-async def test_rung_three_replaces_a_running_instance_that_still_fails_after_the_restart() -> None:
+async def settle(reconciler: Reconciler, obj: dict, passes: int = 6) -> None:
+    for _ in range(passes):
+        with contextlib.suppress(RequeueError):
+            await reconciler.reconcile(obj)
+
+
+async def test_rung_three_replaces_a_running_instance_make_before_break() -> None:
     w, reconciler, obj, instance_id, endpoint = await ready()
     await fail_probes(w, reconciler, obj, endpoint)
     await reconciler.heal(obj)
     w.clock.advance(PATIENCE + 1)
     assert await reconciler.heal(obj) == "ReplaceInstance"
     assert w.aws().count("RunInstance") == 2
-    assert "TerminateInstance" in w.aws()
+    new = next(i for i in w.cloud.running() if i.instance_id != instance_id)
+    new_endpoint = f"{new.private_ip}:11211"
+    await settle(reconciler, obj)
     assert instance_id not in [i.instance_id for i in w.cloud.running()]
+    order = [
+        e for e in w.journal if (e[0] == "push" and e[2] == new_endpoint) or e == ("aws", "TerminateInstance")
+    ]
+    assert order == [*(("push", h, new_endpoint) for h in EDX_HOSTS), ("aws", "TerminateInstance")], (
+        "the hosts move to the new cache first, then the old instance goes"
+    )
+
+
+async def test_a_replacement_that_never_answers_gets_no_host_and_the_old_instance_stays() -> None:
+    w, reconciler, obj, instance_id, endpoint = await ready()
+    await fail_probes(w, reconciler, obj, endpoint)
+    await reconciler.heal(obj)
+    w.clock.advance(PATIENCE + 1)
+    w.memcached.down["10.0.0.4:11211"] = "refused"  # the next instance the fake cloud launches
+    assert await reconciler.heal(obj) == "ReplaceInstance"
+    new = next(i for i in w.cloud.running() if i.instance_id != instance_id)
+    assert f"{new.private_ip}:11211" == "10.0.0.4:11211"
+    await settle(reconciler, obj)
+    assert not any(e[0] == "push" and "10.0.0.4" in e[2] for e in w.journal), (
+        "never pointed at a silent cache"
+    )
+    assert "TerminateInstance" not in w.aws()
+    assert instance_id in [i.instance_id for i in w.cloud.running()]
+    hosts = w.status.current["hosts"]
+    assert all(h["state"] == "Configured" for h in hosts), "the hosts keep the cache they had"
 
 
 async def test_an_instance_whose_agent_is_offline_skips_the_restart() -> None:

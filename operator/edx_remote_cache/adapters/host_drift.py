@@ -8,6 +8,9 @@ DescribeInstanceInformation only for hosts that did not answer the previous chec
 Every other resource's drift pass in that interval is answered from that check. At 500 resources on two Open
 edX hosts that is 2 SSM calls per interval instead of ~2,000.
 
+The same command checks each host's cache endpoints from the host itself (:meth:`HostDriftChecker.expect_reach`
+says which; :meth:`HostDriftChecker.vantage` reads the answers): the app host's vantage at no extra AWS call.
+
 A host is reported only for what was compared against the expectation its resource holds now: a host pushed
 since the last check is "not checked yet" (not drifted) until the next one, so a push never looks like drift.
 Thread-safe. :meth:`HostDriftChecker.expect` and :meth:`HostDriftChecker.reports` never wait (they run on the
@@ -28,6 +31,7 @@ from edx_remote_cache.adapters.ssm import TERMINAL_STATUSES, SsmAdapter, SsmErro
 from edx_remote_cache.domain.hosts import ProtocolError
 from edx_remote_cache.domain.hosts.drift import (
     DriftBatch,
+    HostReach,
     pack_batches,
     parse_drift_answer,
     render_drift_script,
@@ -55,6 +59,7 @@ class _Seen:
     expected: dict[str, str] = field(default_factory=dict)
     changed: dict[str, str | None] = field(default_factory=dict)
     problem: str = ""  # could not check (offline, failed, unparsable): the push path says why
+    reach: tuple[HostReach, ...] = ()  # the cache endpoints as the host saw them
 
 
 class HostDriftChecker:
@@ -66,15 +71,21 @@ class HostDriftChecker:
         clock: Callable[[], float] = time.monotonic,
         wait_seconds: float = WAIT_SECONDS,
         wait_clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._ssm = ssm
         self._ttl = ttl_seconds
         self._clock = clock
         self._wait = wait_seconds
         self._wait_clock = wait_clock  # for the waits within one check (``clock`` paces the checks)
+        self._wall_clock = (
+            wall_clock  # stamps the hosts' answers (HostReach.checked_at), as the reconciler's clock
+        )
         self._wanted_lock = threading.Lock()  # held for microseconds: expect() runs on the event loop
         self._run_lock = threading.Lock()  # held for a whole check
         self._wanted: dict[str, dict[str, tuple[str, float]]] = {}  # host → path → (sha256, renewed at)
+        # host → endpoint → renewed at: every object on a host adds its own endpoints (a host may serve several)
+        self._reach: dict[str, dict[str, float]] = {}
         self._seen: dict[str, _Seen] = {}
         self._checked_at: float | None = None
         self._answered: set[str] = set()  # hosts whose agent answered the last check: no ping needed
@@ -89,6 +100,22 @@ class HostDriftChecker:
                 for path, sha in files.items():
                     mine[path] = (sha, now)
 
+    def expect_reach(self, reach: Mapping[str, Sequence[str]]) -> None:
+        """Host → cache endpoints it should check from its side at the next check (renewed on each pass; the
+        endpoints of every object naming the host are checked, each until FORGET_AFTER_INTERVALS unrenewed)."""
+        now = self._clock()
+        with self._wanted_lock:
+            for host, endpoints in reach.items():
+                mine = self._reach.setdefault(host, {})
+                for endpoint in endpoints:
+                    mine[endpoint] = now
+
+    def vantage(self, hosts: Sequence[str]) -> dict[str, tuple[HostReach, ...]]:
+        """What the last check's hosts said about their cache endpoints, each answer stamped with when the check
+        was sent (hosts not asked, or that did not answer: left out)."""
+        seen = self._seen
+        return {h: seen[h].reach for h in hosts if h in seen and seen[h].reach}
+
     def due(self) -> bool:
         """Whether the next :meth:`refresh` would check (the last check is a drift interval old, or none yet)."""
         checked = self._checked_at
@@ -99,9 +126,12 @@ class HostDriftChecker:
         with self._run_lock:
             if not self.due():
                 return  # another caller just ran it
-            now = self._clock()
+            now, sent_at = self._clock(), self._wall_clock()
             self._checked_at = now
-            self._seen = self._check_all(now)
+            seen = self._check_all(now)
+            for answer in seen.values():
+                answer.reach = tuple(r.at(sent_at) for r in answer.reach)
+            self._seen = seen
 
     def reports(self, expected: Mapping[str, Mapping[str, str]]) -> dict[str, DriftReport]:
         """One report per host of ``expected`` from the last check (never blocks)."""
@@ -132,17 +162,25 @@ class HostDriftChecker:
                 del self._wanted[host]
         return wants
 
+    def _current_reach(self, now: float, hosts: Sequence[str]) -> dict[str, tuple[str, ...]]:
+        horizon = now - FORGET_AFTER_INTERVALS * self._ttl
+        with self._wanted_lock:
+            for host, endpoints in list(self._reach.items()):
+                self._reach[host] = {e: at for e, at in endpoints.items() if at >= horizon}
+            return {h: tuple(sorted(self._reach[h])) for h in hosts if self._reach.get(h)}
+
     def _check_all(self, now: float) -> dict[str, _Seen]:
         wants = self._current_wants(now)
         if not wants:
             return {}
+        reach = self._current_reach(now, list(wants))
         seen = {host: _Seen(expected=dict(files)) for host, files in wants.items()}
         # Hosts that answered the last check are sent to straight away; only the others cost a ping first.
         online = [h for h in wants if h in self._answered] + self._online_of(
             [h for h in wants if h not in self._answered], seen
         )
         sent: list[tuple[str, DriftBatch]] = []
-        for batch in pack_batches({h: wants[h] for h in online}):
+        for batch in pack_batches({h: wants[h] for h in online}, reach=reach):
             sent += self._send(batch, seen)
         self._answered = self._collect(sent, seen)
         return seen
@@ -269,6 +307,7 @@ class HostDriftChecker:
         if answer.not_listed:
             return True
         seen.changed.update(answer.changed)
+        seen.reach += answer.reach
         if answer.errors:
             path, why = answer.errors[0]
             seen.problem = f"{path}: {why}"

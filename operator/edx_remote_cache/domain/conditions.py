@@ -109,7 +109,9 @@ class Facts:
     # nothing confirmed the cache is down; cache_served says another vantage sees it answer (Ready follows that)
     cache_unknown_reason: str = ""
     cache_served: bool = False
-    cache_reason: str = ""  # why CacheHealthy is False when not the operator's probes (BootFailed)
+    cache_reason: str = (
+        ""  # why CacheHealthy is False when not the operator's probes (BootFailed, UnreachableFromHosts)
+    )
     cold_cache: bool = False  # fresh cache after a replacement: hit ratio ~0 is expected, not a failure
     converging: bool = False  # the plan still has actions
     healing: str | None = None  # current heal step, e.g. "replacing i-0abc (unreachable for 5m)"

@@ -24,7 +24,12 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from edx_remote_cache.domain.userdata import ExtraArgError, MemcachedSettings, parse_extra_arg
+from edx_remote_cache.domain.userdata import (
+    ExtraArgError,
+    MemcachedSettings,
+    memcached_refusals,
+    parse_extra_arg,
+)
 
 # The cache host runs Ubuntu 24.04 LTS (memcached 1.6.24 from its archive; the user-data, the memcached.conf
 # format and the extraArgs allow-list are checked against memcached 1.6). It does not need the Open edX hosts'
@@ -368,6 +373,10 @@ def _message(error: Any) -> str:
 
 def _cross_field_problems(spec: EdxRemoteCacheSpec) -> list[SpecProblem]:
     problems: list[SpecProblem] = []
+    if spec.memcached.memory_mi_b is not None or spec.instance.instance_type in INSTANCE_TYPE_RAM_MIB:
+        # an unknown instance type is reported below; without it the memory (and -I's bound) is not known
+        refusals = memcached_refusals(spec.memcached_settings)
+        problems += [SpecProblem("spec.memcached.extraArgs", refusal) for refusal in refusals]
     net = spec.network
     if not net.allow_public:
         for field, cidrs in (("allowFromCidrs", net.allow_from_cidrs), ("sshFromCidrs", net.ssh_from_cidrs)):

@@ -59,7 +59,7 @@ def parse_extra_arg(item: str) -> tuple[str, str]:
     if not pattern.match(value) or (bounds and not bounds[0] <= int(value) <= bounds[1]):
         raise ExtraArgError(f"{flag} {value!r}: expected {description}")
     if flag == "-I":
-        size = int(value[:-1]) * (1024 if value.endswith("k") else 1024 * 1024)
+        size = _item_size_bytes(value)
         if not 1024 <= size <= 128 * 1024 * 1024:
             raise ExtraArgError(f"-I {value!r}: expected {description}")
     return flag, value
@@ -85,6 +85,39 @@ class MemcachedSettings:
     max_connections: int = 1024
     extra_args: tuple[tuple[str, str], ...] = ()
     version: str | None = None
+
+
+# memcached's own defaults that its start-up checks compare -I against (1.6: slab_chunk_max = 512 KiB)
+SLAB_CHUNK_MAX_BYTES = 512 * 1024
+
+
+def _item_size_bytes(value: str) -> int:
+    return int(value[:-1]) * (1024 if value.endswith("k") else 1024 * 1024)
+
+
+def memcached_refusals(settings: MemcachedSettings) -> list[str]:
+    """What memcached itself would refuse to start with, although each flag passed the allow-list.
+
+    Known before launch, so the spec is refused up front: launched, the cache host's memcached fails at boot,
+    and a replacement from the same spec fails the same way. Checked against a real memcached binary in
+    tests/domain/test_userdata.py (its messages are quoted).
+    """
+    out = []
+    args = dict(settings.extra_args)
+    if "-f" in args and float(args["-f"]) <= 1.0:
+        out.append(f"-f {args['-f']}: memcached says 'Factor must be greater than 1'")
+    if "-I" in args:
+        size = _item_size_bytes(args["-I"])
+        if size * 2 > settings.memory_mib * 1024 * 1024:
+            out.append(
+                f"-I {args['-I']}: memcached says 'Cannot set item size limit higher than 1/2 of memory max' "
+                f"(memory is {settings.memory_mib} MiB: raise memoryMiB or lower -I)"
+            )
+        if size < SLAB_CHUNK_MAX_BYTES:
+            out.append(
+                f"-I {args['-I']}: memcached refuses an item size limit below its 512k slab chunk size"
+            )
+    return out
 
 
 def render_memcached_conf(settings: MemcachedSettings, *, listen: str = PRIVATE_IP_PLACEHOLDER) -> str:

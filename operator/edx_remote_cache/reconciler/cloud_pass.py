@@ -26,7 +26,7 @@ from edx_remote_cache.domain.cloud.actions import (
 )
 from edx_remote_cache.domain.cloud.desired import desired_from_spec
 from edx_remote_cache.domain.cloud.diff import diff, endpoints
-from edx_remote_cache.domain.cloud.model import EdxHost, Owner
+from edx_remote_cache.domain.cloud.model import EdxHost, ObservedCloud, Owner
 from edx_remote_cache.domain.cloud.normalize import edx_security_groups
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec, instance_architecture
@@ -119,10 +119,14 @@ class CloudPass:
                 # a token AWS never answered for is launched again at once (same token: never twice)
                 launches={t: at for t, at in launches.items() if t in confirmed},
                 replace=frozenset(state.replace),
+                answered=frozenset(remember_answers(state, observed, spec.memcached.port)),
+                in_use=in_use(state, observed, edx_ids, spec.memcached.port),
             )
             todo = plan.mutating
+            # an answer comes from the probes, not from EC2: re-observing would not bring it sooner
+            catching_up = [w for w in plan.of_type(WaitFor) if w.until != "answered"]
             if not mutate or not todo:
-                if todo or not plan.of_type(WaitFor) or time.monotonic() + REOBSERVE_DELAY_SECONDS > deadline:
+                if todo or not catching_up or time.monotonic() + REOBSERVE_DELAY_SECONDS > deadline:
                     break  # the next pass starts from this read: no extra one
                 await asyncio.sleep(REOBSERVE_DELAY_SECONDS)  # AWS is catching up: re-observe, do not act
                 observer.invalidate(owner)
@@ -244,6 +248,30 @@ def unaccounted_hosts(listed: Sequence[str], found: Sequence[EdxHost], *, region
         elif state in GONE_HOST_STATES:
             out.append(f"{iid}: {state}")
     return tuple(out)
+
+
+def remember_answers(state: ResourceState, observed: ObservedCloud, port: int) -> set[str]:
+    """The instances that answered since they last started (`state.answered_at` minus those not running now);
+    `state.endpoint_instances` for the probes to credit their answers to."""
+    running = {i.instance_id: i for i in observed.instances if i.state == "running"}
+    # The cache host's own answer (the second opinion, when the operator's path is blocked) counts too: without
+    # it a fresh install whose operator cannot reach the caches would never configure a host.
+    for iid, (asked_at, opinion) in state.opinions.items():
+        if opinion.answers:
+            state.answered_at.setdefault(iid, asked_at)
+    state.answered_at = {iid: at for iid, at in state.answered_at.items() if iid in running}
+    state.endpoint_instances = {f"{i.private_ip}:{port}": iid for iid, i in running.items() if i.private_ip}
+    return set(state.answered_at)
+
+
+def in_use(state: ResourceState, observed: ObservedCloud, hosts: Sequence[str], port: int) -> frozenset[str]:
+    """Instance ids a live, Configured Open edX host points at (make before break keeps them until it moves)."""
+    pushed = tuple(state.status.get("pushedEndpoints") or ())
+    configured = {
+        h.get("instanceId") for h in state.status.get("hosts") or [] if h.get("state") == "Configured"
+    }
+    named = {e for h in hosts if h in configured for e in state.host_targets.get(h, pushed)}
+    return frozenset(i.instance_id for i in observed.instances if f"{i.private_ip}:{port}" in named)
 
 
 def _replacement_count(generations: Mapping[int, int]) -> int:

@@ -141,6 +141,11 @@ class Healer:
         self.adapters.metrics.healing_suspended.labels(spec.region).set(1 if breaker.tripped else 0)
         if opinion.answers:  # the operator's path is what is broken: nothing to heal on the cache
             return self._doubt(spec, result, opinion, breaker)
+        if not opinion.confirms_failure and (
+            reached := hosts_reaching(state, endpoint)
+        ):  # the Open edX hosts reach it: the site is served
+            said = f"the Open edX hosts reach it from their side ({', '.join(reached[:3])})"
+            return self._doubt(spec, result, opinion, breaker, said=said)
         if not opinion.confirms_failure:  # nobody on the host could be asked: EC2's view, then the breaker
             looked = self._looked.get(instance_id)
             if looked is not None and now - looked < OPINION_TTL_SECONDS and breaker.tripped:
@@ -164,14 +169,24 @@ class Healer:
     # ------------------------------------------------------------------------------------------ doubts
 
     def _doubt(
-        self, spec: EdxRemoteCacheSpec, result: ProbeResult, opinion: HostOpinion, breaker: BreakerVerdict
+        self,
+        spec: EdxRemoteCacheSpec,
+        result: ProbeResult,
+        opinion: HostOpinion,
+        breaker: BreakerVerdict,
+        *,
+        said: str = "",
     ) -> Doubt:
-        """CacheHealthy=Unknown: ProbePathBlocked (the host answers) or HealingSuspended (the breaker)."""
+        """CacheHealthy=Unknown: ProbePathBlocked (the cache host or the Open edX hosts reach it; `said` says
+        which when not the cache host) or HealingSuspended (the breaker)."""
         endpoint = result.endpoint
-        seen = f"{endpoint} does not answer the operator ({result.error_kind}) but {opinion.describe()}"
+        served = opinion.answers or bool(said)
+        seen = (
+            f"{endpoint} does not answer the operator ({result.error_kind}) but {said or opinion.describe()}"
+        )
         if breaker.tripped:
             message = f"{breaker.describe(spec.region, probe_window(spec))}; {seen}"
-            return Doubt("HealingSuspended", message, served=opinion.answers)
+            return Doubt("HealingSuspended", message, served=served)
         source = self.adapters.probe_source_address(endpoint) or "unknown"
         message = (
             f"{seen}: the operator's path is blocked (its probes leave from {source}; a security group, network "
@@ -337,3 +352,18 @@ class Healer:
         if state.facts is not None:
             facts = dataclasses.replace(state.facts, healing=state.healing)
             await self.status.publish(obj, state, facts, lastHeal=last)
+
+
+def hosts_reaching(state: ResourceState, endpoint: str) -> list[str]:
+    """The Open edX hosts that reached `endpoint` in a check sent since the operator's probes began failing,
+    when none of those failed to (an older answer says nothing about this failure: it must not stop healing)."""
+    since = state.failing_since if state.failing_since is not None else float("inf")
+    seen = [
+        (host, r.reachable)
+        for host, reach in (state.host_vantage or {}).items()
+        for r in reach
+        if r.endpoint == endpoint and r.checked_at >= since
+    ]
+    if not seen or not all(ok for _, ok in seen):
+        return []
+    return sorted(host for host, _ in seen)

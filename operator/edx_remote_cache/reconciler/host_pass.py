@@ -22,6 +22,7 @@ from typing import Any
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.host_push import HostPushResult, expected_files
 from edx_remote_cache.domain.conditions import ROLLOUT_ERROR_STATES, count_rollout_errors
+from edx_remote_cache.domain.hosts.drift import merge_reach
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.reconciler.state import (
     RESUME_ANNOTATION,
@@ -33,6 +34,7 @@ from edx_remote_cache.reconciler.state import (
     RolloutHalt,
     annotation,
 )
+from edx_remote_cache.reconciler.status import reach_from_status
 
 # A RolledBack / Failed / Conflict host is pushed again after a back-off that doubles from MIN to MAX, or at
 # once when the spec or the endpoints change (each retry of a rollback restarts its services twice).
@@ -82,6 +84,7 @@ class HostPass:
         settled = [h for h in configured if h not in retargeted]
         checker = self.adapters.host_drift(spec.region, float(spec.drift_interval_seconds))
         checker.expect(expected_files(previous[h] for h in settled))
+        checker.expect_reach({h: tuple(targets) for h in settled})  # the app hosts' vantage, same command
         drifted: list[str] = []
         if trigger == "drift" and settled:
             # one batched check of every pushed file in the region per drift interval, shared by all resources
@@ -94,10 +97,24 @@ class HostPass:
                     continue
                 then = "paused, not re-applying" if not mutate else "re-applying"
                 self.adapters.events(obj, "Warning", "HostDrift", f"{host}: {report.reason}; {then}")
+        state.host_vantage = merge_reach(
+            state.host_vantage if state.host_vantage is not None else reach_from_status(state.status),
+            checker.vantage(settled),
+            hosts=settled,
+            endpoints=targets,
+            answered_at=state.endpoint_answered_at(),
+        )
         # A RolledBack/Failed/Conflict host is pushed again only when its back-off is over (see host_due).
         todo = [h for h in cloud.edx_hosts if h in due or h in drifted or h in retargeted]
         if not todo:
             return [previous[h] for h in cloud.edx_hosts]
+        # never point the site at a cache that has not answered: hosts keep what they have (settled hosts were
+        # still checked above: a cache they already use goes on being watched from their side)
+        if cloud.unanswered:
+            waiting = (
+                f"waiting for {', '.join(cloud.unanswered)} to answer a probe before pointing hosts at it"
+            )
+            return [previous.get(h) or HostPushResult(h, "Pending", message=waiting) for h in cloud.edx_hosts]
         if not mutate:
             return [previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
         # Every endpoint this object may have written is replaced as one block by the new ordered list: a host

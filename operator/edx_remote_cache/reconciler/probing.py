@@ -48,6 +48,10 @@ class Prober:
         for r in results:
             self.adapters.metrics.record_probe(ref.namespace, ref.name, r)
         self.onsets.record(spec.region, ref.uid, results, self.adapters.clock())
+        now = self.adapters.clock()
+        for r in results:
+            if r.healthy and r.endpoint in state.endpoint_instances:
+                state.answered_at.setdefault(state.endpoint_instances[r.endpoint], now)
         return results
 
     async def probe_once(self, obj: Mapping[str, Any], state: ResourceState) -> list[ProbeResult]:

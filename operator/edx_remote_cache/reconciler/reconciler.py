@@ -45,7 +45,7 @@ from edx_remote_cache.reconciler.state import (
     owner_key,
     pause_switch,
 )
-from edx_remote_cache.reconciler.status import StatusPublisher
+from edx_remote_cache.reconciler.status import StatusPublisher, last_heartbeat
 from edx_remote_cache.reconciler.teardown import Teardown
 from edx_remote_cache.reconciler.vantage import RegionOnsets
 
@@ -77,7 +77,11 @@ class Reconciler:
         uid = ObjectRef.of(obj).uid
         state = self.states.get(uid)
         if state is None:
-            state = self.states[uid] = ResourceState(status=dict(obj.get("status") or {}))
+            status = dict(obj.get("status") or {})
+            # the heartbeat is due a HEARTBEAT_SECONDS after the last one written, not at once: a restart whose
+            # first pass finds nothing new writes nothing (issue 19: at most one write per object on restart,
+            # and that one is for news such as the hosts' first answer about the cache)
+            state = self.states[uid] = ResourceState(status=status, written_at=last_heartbeat(status))
         return state
 
     def forget(self, obj: Mapping[str, Any]) -> None:
@@ -168,7 +172,9 @@ class Reconciler:
         # probed before the host pass: a new endpoint that answers now is pushed in this pass, not the next
         results = await self.prober.probe(obj, state, spec, cloud.endpoints)
         running = [(i.instance_id, i.private_ip, i.state) for i in cloud.observed.owned_instances(ref.owner)]
-        cloud.unanswered = self.healer.boot.note_answers(obj, state, results, running, spec.memcached.port)
+        never = self.healer.boot.note_answers(obj, state, results, running, spec.memcached.port)
+        answered = state.endpoint_answered_at()  # this process's view (the operator's or the hosts' vantage)
+        cloud.unanswered = tuple(e for e in never if e not in answered)
         claims = await self.claims.settle(obj, state, spec, cloud, mutate=not paused)
         pushed = await self.hosts.run(obj, state, spec, claims.cloud, mutate=not paused, trigger=trigger)
         hosts = claims.merge(pushed)
@@ -179,7 +185,9 @@ class Reconciler:
         if cloud.plan.mutating or cloud.plan.of_type(WaitFor):
             raise RequeueError("cloud resources are still converging", delay=2.0)
         if not paused and state.rollout is None and any(h.state == "Pending" for h in hosts):
-            raise RequeueError("hosts are pending", delay=5.0)
+            # hosts waiting for a new cache's first answer are pushed at the first probe round that brings it
+            soon = float(spec.probe.interval_seconds) if cloud.unanswered else 5.0
+            raise RequeueError("hosts are pending", delay=min(5.0, soon))
 
     async def _refuse_move(
         self,

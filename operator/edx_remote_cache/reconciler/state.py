@@ -27,6 +27,7 @@ from edx_remote_cache.domain.cloud.actions import ActResult, Plan
 from edx_remote_cache.domain.cloud.desired import DesiredCacheHost
 from edx_remote_cache.domain.cloud.model import ObservedCloud, Owner
 from edx_remote_cache.domain.conditions import Facts
+from edx_remote_cache.domain.hosts.drift import HostReach
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.domain.vantage import Doubt, HostOpinion
 from edx_remote_cache.reconciler.retrying import RetryRecord
@@ -148,6 +149,21 @@ class ResourceState:
     )
     heal_stall_generation: int = 0
     retry: RetryRecord | None = None  # the current retryable-error episode; None once a pass gets through
+    # make before break: instance id -> when it first answered (a probe, or the cache host's own answer) since it
+    # last started (reconciler/probing.py adds, the cloud pass drops one seen not running). In memory only: a
+    # restarted operator's first probe, which comes before any push in its first pass, fills it again.
+    answered_at: dict[str, float] = dataclasses.field(default_factory=dict)
+    endpoint_instances: dict[str, str] = dataclasses.field(
+        default_factory=dict
+    )  # running endpoint -> instance
+    # the app hosts' vantage: Open edX host -> its cache endpoints as it last saw them (see merge_reach). Seeded
+    # from status.hosts[].cacheReach, so a restarted operator reports what it reported before (no write).
+    host_vantage: dict[str, tuple[HostReach, ...]] | None = None
+
+    def endpoint_answered_at(self) -> dict[str, float]:
+        """Running endpoint -> when its current cache first answered; endpoints not answered yet left out."""
+        at = self.answered_at
+        return {e: at[iid] for e, iid in self.endpoint_instances.items() if iid in at}
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from edx_remote_cache.adapters.host_push import HostPushResult
@@ -23,6 +24,7 @@ from edx_remote_cache.domain.conditions import (
     health_status,
     status_changed,
 )
+from edx_remote_cache.domain.hosts.drift import HostReach
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.reconciler.state import (
     Adapters,
@@ -182,6 +184,28 @@ class StatusPublisher:
         """CacheHealthy's inputs: unhealthy after failureThreshold failures (at once when refused)."""
         results = state.last_probe
         clear = {"cache_unknown_reason": "", "cache_served": False, "cache_reason": ""}
+        unreached = [
+            f"{host} -> {r.endpoint}: {r.error or 'no answer'}"
+            for host, reach in sorted((state.host_vantage or {}).items())
+            for r in reach
+            if not r.reachable
+        ]
+        # the site's own vantage: an Open edX host that cannot reach its cache is an outage, whatever the
+        # operator sees (its answer is as old as the last drift check: it clears with the next one)
+        if unreached:
+            hosts_say = "the Open edX hosts cannot reach the cache from their side: " + "; ".join(
+                unreached[:5]
+            )
+            bad = [r for r in results if not r.healthy]
+            if bad:  # both vantages agree: the operator's own figures first
+                seen = "; ".join(f"{r.endpoint}: {r.error_kind} ({r.error})" for r in bad)
+                return {**clear, "cache_healthy": False, "cache_message": f"{seen}; {hosts_say}"}
+            return {
+                **clear,
+                "cache_healthy": False,
+                "cache_message": hosts_say,
+                "cache_reason": "UnreachableFromHosts",
+            }
         if not results:
             return {"cache_healthy": None, "cache_message": "", **clear}
         bad = [r for r in results if not r.healthy]
@@ -230,7 +254,9 @@ class StatusPublisher:
             ],
             "securityGroupId": group.group_id if group else None,
             "endpoints": list(cloud.endpoints),
-            "hosts": [h.to_status() for h in hosts],
+            "hosts": [
+                host_status(h, (state.host_vantage or {}).get(h.instance_id, ()), state.status) for h in hosts
+            ],
             "rollout": state.rollout.to_status() if state.rollout is not None else None,
             "region": spec.region,
             "subnetId": spec.instance.subnet_id,
@@ -278,3 +304,54 @@ def steady(health: Mapping[str, Any] | None) -> dict[str, Any] | None:
         return None
     skip = {path[1] for path in HEARTBEAT_FIELDS if path[0] == "health"} | set(HEALTH_FIGURES)
     return {k: v for k, v in health.items() if v is not None and k not in skip}
+
+
+def host_status(
+    result: HostPushResult, reach: Sequence[HostReach], previous: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One `status.hosts[]` entry: the push, and the cache endpoints as that host saw them (`cacheReach`).
+
+    An endpoint whose answer did not change keeps the latency already in status: a new figure every drift
+    interval would rewrite the status of every object every interval; the figure is the first of that answer.
+    """
+    out = result.to_status()
+    if not reach:
+        return out
+    before: Mapping[str, Any] = next(
+        (h for h in previous.get("hosts") or [] if h.get("instanceId") == result.instance_id), {}
+    )
+    kept = {
+        (e.get("endpoint"), e.get("reachable"), e.get("error", "")): e for e in before.get("cacheReach") or []
+    }
+    out["cacheReach"] = [
+        kept.get((r.endpoint, r.reachable, r.error))
+        or {"endpoint": r.endpoint, "reachable": r.reachable, "latencyMs": r.latency_ms}
+        | ({"error": r.error} if r.error else {})
+        for r in reach
+    ]
+    return out
+
+
+def reach_from_status(status: Mapping[str, Any]) -> dict[str, tuple[HostReach, ...]]:
+    """`status.hosts[].cacheReach` read back (what a restarted operator starts from; the time is unknown)."""
+    out: dict[str, tuple[HostReach, ...]] = {}
+    for host in status.get("hosts") or []:
+        reach = tuple(
+            HostReach(
+                str(e["endpoint"]), bool(e.get("reachable")), int(e.get("latencyMs") or 0), e.get("error", "")
+            )
+            for e in host.get("cacheReach") or []
+            if isinstance(e, Mapping) and e.get("endpoint")
+        )
+        if reach and host.get("instanceId"):
+            out[str(host["instanceId"])] = reach
+    return out
+
+
+def last_heartbeat(status: Mapping[str, Any]) -> float:
+    """When `status.health.lastProbeTime` says the last heartbeat was written (0.0: never, or unreadable)."""
+    stamp = (status.get("health") or {}).get("lastProbeTime")
+    try:
+        return datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp() if stamp else 0.0
+    except ValueError:
+        return 0.0

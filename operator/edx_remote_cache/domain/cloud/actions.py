@@ -151,7 +151,8 @@ class WaitFor:
     """Nothing more can be done until these instances reach `until`; the caller requeues soon. Never blocks."""
 
     instance_ids: tuple[str, ...]
-    until: Literal["stopped", "running", "visible", "gone"]
+    # "answered": a replacement that has not answered a probe yet; the old instance keeps serving meanwhile
+    until: Literal["stopped", "running", "visible", "gone", "answered"]
     reason: str = ""
 
 

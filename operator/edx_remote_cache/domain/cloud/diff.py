@@ -298,6 +298,8 @@ def diff(
     now: float,
     launches: Mapping[str, float] | None = None,
     replace: Collection[str] = (),
+    answered: Collection[str] = (),
+    in_use: Collection[str] = (),
     grace_seconds: float = LAUNCH_GRACE_SECONDS,
 ) -> Plan:
     """The actions that bring `observed` to `desired`; empty when they already match.
@@ -305,6 +307,11 @@ def diff(
     `launches` is the caller's record of client token -> when RunInstances was called with it, and `replace`
     the instance ids the caller wants replaced (unhealthy, or no SSM agent for a reconfigure). Disruptive
     changes (instance type, subnet) touch one instance per pass and only while every other replica runs.
+
+    Make before break: a running instance being replaced is not terminated with the launch of its successor.
+    It stays (an extra of its replica) until the successor is in `answered` (instance ids that answered a
+    probe since they last started) and it is not in `in_use` (instance ids an Open edX host still points at);
+    terminating it first opened an outage window as long as the hosts' re-point took (SSM, minutes at scale).
     """
     owner = desired.owner
     inputs = _LaunchInputs(launches or {}, frozenset(observed.gone_tokens), now, grace_seconds)
@@ -342,11 +349,22 @@ def diff(
                 _missing_replica(p, desired, index, group_id, inputs)
 
     actions += p.fixes + p.starts + p.runs + p.replacements
+    retiring: list[Action] = []
+    if slots.extras:
+        if p.all_running:
+            for extra in sorted(slots.extras, key=_extra_order):
+                retiring += _retire(extra, slots.primaries, desired, answered=answered, in_use=in_use)
+        else:
+            notes.append("extra instances are kept until every replica is running")
+            if starting := tuple(i.instance_id for i in slots.primaries.values() if i.state == "pending"):
+                p.waits.append(WaitFor(starting, "running", "a successor is starting"))
+    p.waits += [a for a in retiring if isinstance(a, WaitFor)]
+    settling = len(p.waits) > 0  # a replacement not done yet (make before break): the next disruption waits
     # One disruptive change at a time, and only while every other replica is serving.
     if p.disruptive and not p.replacements and not p.all_running and p.not_running:
         reason = "the next disruptive change waits until every replica runs"
         p.waits.append(WaitFor(tuple(p.not_running), "running", reason))
-    elif p.disruptive and p.all_running and not p.replacements:
+    elif p.disruptive and p.all_running and not p.replacements and not settling:
         index, kind, inst = p.disruptive[0]
         if kind == "type":
             reason = f"instance type {inst.instance_type} -> {desired.instance_type}"
@@ -358,36 +376,55 @@ def diff(
     reconfigure = [r for r in p.reconfigure if r.instance_id not in disrupted]
     if reconfigure:
         actions.append(reconfigure[0])  # a restart empties that replica's cache: roll one at a time
-    if slots.extras:
-        if p.all_running:
-            for extra in sorted(slots.extras, key=_extra_order):
-                actions.append(TerminateInstance(extra.instance_id, _extra_reason(extra, desired)))
-        else:
-            notes.append("extra instances are kept until every replica is running")
-    in_use = {g for i in ours for g in i.security_group_ids}
-    actions += [DeleteSecurityGroup(s.group_id) for s in stale_groups if s.group_id not in in_use]
+    actions += [a for a in retiring if not isinstance(a, WaitFor)]
+    groups_in_use = {g for i in ours for g in i.security_group_ids}
+    actions += [DeleteSecurityGroup(s.group_id) for s in stale_groups if s.group_id not in groups_in_use]
     actions += list(dict.fromkeys(p.waits))
     return Plan(tuple(actions), tuple(notes + p.notes))
 
 
-def _extra_reason(inst: ObservedInstance, desired: DesiredCacheHost) -> str:
+def _retire(
+    extra: ObservedInstance,
+    primaries: Mapping[int, ObservedInstance],
+    desired: DesiredCacheHost,
+    *,
+    answered: Collection[str],
+    in_use: Collection[str],
+) -> list[Action]:
+    """Terminate an extra instance, unless its successor has not answered yet or a host still points at it."""
+    successor = primaries.get(extra.index) if extra.index is not None else None
+    if successor is not None and successor.instance_id not in answered:
+        reason = f"{extra.instance_id} keeps serving until its successor {successor.instance_id} answers"
+        return [WaitFor((successor.instance_id,), "answered", reason)]
+    if extra.instance_id in in_use:
+        reason = f"{extra.instance_id} is kept until no Open edX host points at it"
+        return [WaitFor((extra.instance_id,), "answered", reason)]
+    return [TerminateInstance(extra.instance_id, _extra_reason(extra, desired, successor))]
+
+
+def _extra_reason(
+    inst: ObservedInstance, desired: DesiredCacheHost, successor: ObservedInstance | None = None
+) -> str:
     if inst.index is not None and inst.index >= desired.replicas:
         return f"replicas scaled down to {desired.replicas}"
+    if successor is not None and successor.generation > inst.generation:
+        return f"replaced by generation {successor.generation}, which answers and serves the hosts"
     return "extra instance for a replica already served"
 
 
 def _replacement(
     desired: DesiredCacheHost, inst: ObservedInstance, index: int, group_id: str | None, inputs: _LaunchInputs
 ) -> list[Action]:
-    """Launch the next generation first, then terminate the old one (a failed launch leaves the old running)."""
+    """Launch the next generation. A running old instance stays until the new one answers (see `_retire`);
+    one that is not up (stopped) serves nothing and goes with the launch (a failed launch leaves it alone)."""
     start = max(desired.generation(index), inst.generation + 1)
     kind, generation, token = _choose_launch(desired, index, start=start, inputs=inputs)
     if kind == "wait":
         return [WaitFor((token,), "visible", f"replacement for replica {index} was launched with {token}")]
-    return [
-        _run(desired, index, generation, group_id, f"replica {index}: replaces {inst.instance_id}"),
-        TerminateInstance(inst.instance_id, f"replaced by generation {generation}"),
-    ]
+    run = _run(desired, index, generation, group_id, f"replica {index}: replaces {inst.instance_id}")
+    if inst.state in UP_STATES:
+        return [run]
+    return [run, TerminateInstance(inst.instance_id, f"replaced by generation {generation}")]
 
 
 def endpoints(*, desired: DesiredCacheHost, observed: ObservedCloud) -> tuple[str, ...]:

@@ -11,6 +11,11 @@ poll); this module lets :mod:`edx_remote_cache.adapters.host_drift` ask for ever
 * expectations are the first 32 hex digits (128 bits) of each file's sha256: a change that keeps them is a
   second-preimage attack on SHA-256, not an ansible run, and it keeps 500 files per command in the size cap.
 
+The same command also checks each cache endpoint from the host itself (the app host's vantage, the one the site
+is served from): a TCP connect, ``version`` and a short ``stats`` through bash's ``/dev/tcp`` under coreutils
+``timeout`` (no package to install), one ``ERC-REACH`` line per endpoint. The operator's own probes only tell
+whether *its* path works; this answer costs no AWS call of its own.
+
 A symlinked file is hashed through its link (the push edits its target). The line protocol is the one of
 :mod:`edx_remote_cache.domain.hosts.protocol` (``ERC-BEGIN`` … ``ERC-END``, free text in
 base64), so a hostile file name cannot forge an answer.
@@ -18,8 +23,9 @@ base64), so a hostile file name cannot forge an answer.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from edx_remote_cache.domain.hosts.protocol import (
     _SHA256,
@@ -37,8 +43,11 @@ from edx_remote_cache.domain.hosts.protocol import (
 __all__ = [
     "HOSTS_PER_COMMAND",
     "PREFIX_HEX",
+    "REACH_TIMEOUT_SECONDS",
     "DriftAnswer",
     "DriftBatch",
+    "HostReach",
+    "merge_reach",
     "pack_batches",
     "parse_drift_answer",
     "parse_hash_output",
@@ -50,7 +59,63 @@ HOSTS_PER_COMMAND = 50  # SendCommand accepts at most 50 InstanceIds
 PREFIX_HEX = 32  # hex digits of sha256 compared on the host (128 bits)
 _ENTRY_CHARS = PREFIX_HEX + 8  # one "index:prefix" word in a host's table, quoted, with its separator
 _HOST_CHARS = 40  # one `case` arm's fixed part (instance id, parentheses, want=( … );;)
-_FIXED_CHARS = 2_500  # prelude and loop
+_FIXED_CHARS = 3_400  # prelude and loops
+_ENDPOINT_CHARS = 30  # one endpoint in the table plus its index in a host's list
+# per endpoint, on the host. A quick failure (refused, reset, a short answer) is tried once more after a pause:
+# one sample turns CacheHealthy False (the operator's own probes wait for failureThreshold rounds), so a blip
+# such as memcached restarting must last through both to count. A timeout is not tried again: 2 s of silence
+# is no blip, and a second wait would delay reporting a dropped path (a revoked security-group rule) by 2.5 s.
+REACH_TIMEOUT_SECONDS = 2
+REACH_RETRY_PAUSE_SECONDS = 0.5
+_ENDPOINT = re.compile(r"^[A-Za-z0-9.-]{1,253}:[0-9]{1,5}$")
+
+
+@dataclass(frozen=True)
+class HostReach:
+    """Whether one cache endpoint answered `version` and `stats` from an Open edX host, and how fast."""
+
+    endpoint: str
+    reachable: bool
+    latency_ms: int
+    error: str = ""
+    # when the operator sent the check that brought this answer (wall clock; 0.0: carried over from status by a
+    # restarted operator, time unknown). Not part of the answer's identity: the same answer at another time.
+    checked_at: float = field(default=0.0, compare=False)
+
+    def at(self, checked_at: float) -> HostReach:
+        return replace(self, checked_at=checked_at)
+
+
+def merge_reach(
+    known: Mapping[str, Sequence[HostReach]],
+    fresh: Mapping[str, Sequence[HostReach]],
+    *,
+    hosts: Sequence[str],
+    endpoints: Sequence[str],
+    answered_at: Mapping[str, float],
+) -> dict[str, tuple[HostReach, ...]]:
+    """Each host's latest answer worth believing about each of `endpoints` (older answers about other
+    endpoints, replaced or removed, are dropped).
+
+    `answered_at` maps an endpoint to when its current cache first answered (any vantage): a check sent before
+    that, or about an endpoint that has not answered since its cache last started, is about something else (a
+    cache still booting, the previous owner of a reused private IP) and does not count. A host whose last
+    check brought nothing usable (SSM slow, the check cut short, a check too old) keeps what it said before:
+    an unanswered check is not news, and dropping the answer for one interval rewrote the status twice.
+    """
+    out: dict[str, tuple[HostReach, ...]] = {}
+    for host in hosts:
+        new = {
+            r.endpoint: r for r in fresh.get(host, ()) if r.checked_at >= answered_at.get(r.endpoint, _NEVER)
+        }
+        old = {r.endpoint: r for r in known.get(host, ())}
+        merged = tuple(new.get(e) or old[e] for e in endpoints if e in new or e in old)
+        if merged:
+            out[host] = merged
+    return out
+
+
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True)
@@ -58,6 +123,7 @@ class DriftBatch:
     """One command: the hosts it goes to and what each is expected to hold (path → full sha256)."""
 
     expected: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+    reach: tuple[tuple[str, tuple[str, ...]], ...] = ()  # host -> cache endpoints it checks from its side
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -68,6 +134,14 @@ class DriftBatch:
         """Every path once, in first-seen order (the table the host indexes into)."""
         return tuple(dict.fromkeys(path for _, files in self.expected for path, _ in files))
 
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every endpoint once, in first-seen order (the table the host indexes into)."""
+        return tuple(dict.fromkeys(ep for _, eps in self.reach for ep in eps))
+
+    def reach_of(self, host: str) -> tuple[str, ...]:
+        return dict(self.reach).get(host, ())
+
 
 @dataclass(frozen=True)
 class DriftAnswer:
@@ -77,6 +151,7 @@ class DriftAnswer:
     changed: tuple[tuple[str, str | None], ...] = ()
     errors: tuple[tuple[str, str], ...] = ()  # path → why it could not be read
     not_listed: bool = False  # the host could not tell which table is its own (no $AWS_SSM_INSTANCE_ID)
+    reach: tuple[HostReach, ...] = ()  # the cache endpoints as this host sees them
 
 
 def _cost(files: Sequence[tuple[str, str]], known_paths: set[str]) -> int:
@@ -87,24 +162,38 @@ def _cost(files: Sequence[tuple[str, str]], known_paths: set[str]) -> int:
 def pack_batches(
     expected: Mapping[str, Mapping[str, str]],
     *,
+    reach: Mapping[str, Sequence[str]] | None = None,
     hosts_per_command: int = HOSTS_PER_COMMAND,
     max_chars: int = MAX_SCRIPT_CHARS,
 ) -> list[DriftBatch]:
     """Group hosts into as few commands as the host limit and the script size cap allow.
 
     A host whose own table would not fit one command is split over several (each part is a batch of its own
-    with that host alone), so no expectation is ever dropped.
+    with that host alone), so no expectation is ever dropped. `reach`: the cache endpoints each host checks
+    from its side (in the first part of a split host only).
     """
+    reach = reach or {}
     batches: list[DriftBatch] = []
     current: list[tuple[str, tuple[tuple[str, str], ...]]] = []
     paths: set[str] = set()
     size = _FIXED_CHARS
 
+    def endpoints_of(host: str) -> tuple[str, ...]:
+        eps = tuple(dict.fromkeys(reach.get(host, ())))
+        for ep in eps:
+            if not _ENDPOINT.match(ep):
+                raise ValueError(f"{ep!r}: an endpoint must be host:port")
+        return eps
+
     def flush() -> None:
         nonlocal current, paths, size
         if current:
-            batches.append(DriftBatch(tuple(current)))
+            batches.append(_batch(current))
         current, paths, size = [], set(), _FIXED_CHARS
+
+    def _batch(items: Sequence[tuple[str, tuple[tuple[str, str], ...]]]) -> DriftBatch:
+        mine = tuple((h, endpoints_of(h)) for h, _ in items if endpoints_of(h))
+        return DriftBatch(tuple(items), mine)
 
     for host in sorted(expected):
         files = tuple(sorted(expected[host].items()))
@@ -112,10 +201,10 @@ def pack_batches(
             continue
         for path, _ in files:
             _check_path(path)
-        cost = _cost(files, paths)
+        cost = _cost(files, paths) + _ENDPOINT_CHARS * len(endpoints_of(host))
         if current and (len(current) >= hosts_per_command or size + cost > max_chars):
             flush()
-            cost = _cost(files, paths)
+            cost = _cost(files, paths) + _ENDPOINT_CHARS * len(endpoints_of(host))
         if size + cost <= max_chars:
             current.append((host, files))
             paths.update(p for p, _ in files)
@@ -123,13 +212,16 @@ def pack_batches(
             continue
         # this host alone is too big for one command: its files go in parts
         part: list[tuple[str, str]] = []
+        first = True
         for item in files:
             if part and _FIXED_CHARS + _cost((*part, item), set()) > max_chars:
-                batches.append(DriftBatch(((host, tuple(part)),)))
-                part = []
+                batches.append(
+                    _batch(((host, tuple(part)),)) if first else DriftBatch(((host, tuple(part)),))
+                )
+                part, first = [], False
             part.append(item)
         if part:
-            batches.append(DriftBatch(((host, tuple(part)),)))
+            batches.append(_batch(((host, tuple(part)),)) if first else DriftBatch(((host, tuple(part)),)))
     flush()
     return batches
 
@@ -139,13 +231,21 @@ def render_drift_script(batch: DriftBatch) -> str:
     paths = batch.paths
     index = {path: i for i, path in enumerate(paths)}
 
+    eps = {ep: i for i, ep in enumerate(batch.endpoints)}
+
     def table(files: Iterable[tuple[str, str]]) -> str:
         return " ".join(f"{index[path]}:{sha[:PREFIX_HEX]}" for path, sha in files)
 
+    def mine(host: str) -> str:
+        return " ".join(str(eps[ep]) for ep in batch.reach_of(host))
+
     if len(batch.expected) == 1:  # one host: no need to know who we are
-        choose = f"want=({table(batch.expected[0][1])})"
+        host = batch.expected[0][0]
+        choose = f"want=({table(batch.expected[0][1])}); mine=({mine(host)})"
     else:
-        arms = "\n".join(f"  {_q(host)}) want=({table(files)});;" for host, files in batch.expected)
+        arms = "\n".join(
+            f"  {_q(host)}) want=({table(files)}); mine=({mine(host)});;" for host, files in batch.expected
+        )
         choose = f"""\
 case "${{AWS_SSM_INSTANCE_ID:-}}" in
 {arms}
@@ -155,8 +255,24 @@ esac"""
         [
             _prelude("drift check"),
             _bash_array("paths", paths),
+            _bash_array("eps", batch.endpoints),
             choose,
             f"""\
+erc_reach() {{
+  local t0 out rc ms try
+  for try in 1 2; do
+    [ "$try" -eq 1 ] || sleep {REACH_RETRY_PAUSE_SECONDS}
+    t0=$(date +%s%N)
+    out=$(timeout {REACH_TIMEOUT_SECONDS} bash -c 'exec 3<>"/dev/tcp/${{0%:*}}/${{0##*:}}" || exit 3
+printf "version\\r\\nstats\\r\\nquit\\r\\n" >&3; cat <&3' "$2" 2>&1); rc=$?
+    ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+    if [ "$rc" -eq 0 ] && [[ $out == VERSION\\ * ]] && [[ $out == *END* ]]; then echo "ERC-REACH $1 ok $ms"; return; fi
+    [ "$rc" -ne 124 ] || break
+  done
+  if [ "$rc" -eq 124 ]; then echo "ERC-REACH $1 fail $ms $(erc_msg "no answer within {REACH_TIMEOUT_SECONDS}s")"
+  else echo "ERC-REACH $1 fail $ms $(erc_msg "${{out:-exit $rc}}")"
+  fi
+}}
 for w in "${{want[@]}}"; do
   i=${{w%%:*}}; p=${{paths[$i]}}
   if [ -e "$p" ] && [ ! -f "$p" ]; then erc_err "$i" "is not a regular file"
@@ -166,6 +282,7 @@ for w in "${{want[@]}}"; do
   fi
 done
 echo "ERC-CHECKED ${{#want[@]}}"
+for i in "${{mine[@]}}"; do erc_reach "$i" "${{eps[$i]}}"; done
 echo "ERC-END"
 """,
         ]
@@ -177,8 +294,10 @@ def parse_drift_answer(stdout: str, batch: DriftBatch, host: str) -> DriftAnswer
     """One host's output of :func:`render_drift_script` (ProtocolError when truncated or not ours)."""
     paths = batch.paths
     mine = dict(dict(batch.expected).get(host, ()))
+    endpoints = batch.endpoints
     changed: list[tuple[str, str | None]] = []
     errors: list[tuple[str, str]] = []
+    reach: list[HostReach] = []
     checked: int | None = None
     for words in _lines(stdout, "drift check"):
         if words == ["ERC-NOT-LISTED"]:
@@ -192,6 +311,15 @@ def parse_drift_answer(stdout: str, batch: DriftBatch, host: str) -> DriftAnswer
             errors.append((path, _b64text(words[2]) if len(words) == 3 else "error"))
         elif words[0] == "ERC-CHECKED" and len(words) == 2 and words[1].isdigit():
             checked = int(words[1])
+        elif (
+            words[0] == "ERC-REACH"
+            and len(words) in (4, 5)
+            and words[2] in ("ok", "fail")
+            and words[3].isdigit()
+        ):
+            ep = endpoints[_index(words[1], len(endpoints))]
+            error = _b64text(words[4]).strip() if len(words) == 5 else ("" if words[2] == "ok" else "failed")
+            reach.append(HostReach(ep, words[2] == "ok", int(words[3]), error))
         else:
             raise ProtocolError(f"unexpected line in drift output: {' '.join(words)[:120]!r}")
     if checked != len(mine):
@@ -199,7 +327,9 @@ def parse_drift_answer(stdout: str, batch: DriftBatch, host: str) -> DriftAnswer
     foreign = [p for p, _ in (*changed, *errors) if p not in mine]
     if foreign:
         raise ProtocolError(f"drift check reported a file this host was not asked about: {foreign[0]}")
-    return DriftAnswer(checked, tuple(changed), tuple(errors))
+    if {r.endpoint for r in reach} != set(batch.reach_of(host)):
+        raise ProtocolError("drift check did not report every endpoint this host was asked to reach")
+    return DriftAnswer(checked, tuple(changed), tuple(errors), reach=tuple(reach))
 
 
 # ------------------------------------------------------------------------- one host, the old way

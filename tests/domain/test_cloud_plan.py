@@ -458,6 +458,13 @@ def test_the_old_instance_goes_only_after_its_successor_answered_and_the_hosts_m
     assert plan.actions == (expected,)
 
 
+def test_an_old_instance_that_never_answered_and_serves_no_host_goes_at_once() -> None:
+    """A boot that failed: nothing to keep, so make-before-break does not leave it running beside its successor."""
+    desired = make_desired(replacements={0: 1})
+    plan = plan_of(desired, _replaced(desired, new_state="running"), answered=(), in_use=())
+    assert kinds(plan) == ["TerminateInstance"]
+
+
 def test_adoption_tags_attaches_and_never_launches() -> None:
     host = "i-0abcabcabcabcabc1"
     desired = make_desired({"instance": {"adoptInstanceIds": [host]}})
@@ -562,8 +569,9 @@ def test_subnet_change_replaces_one_instance_per_pass() -> None:
     )
     new = instance(moved, 0, instance_id=NEW, generation=1, subnet="subnet-0fedcba9876543210")
     during = ObservedCloud((*observed.instances, new), observed.security_groups)
-    assert kinds(plan_of(moved, during)) == ["WaitFor"], "replica 1 waits until replica 0 is settled"
-    after = plan_of(moved, during, answered={NEW})
+    serving = {i.instance_id for i in observed.instances}  # the old ones answer
+    assert kinds(plan_of(moved, during, answered=serving)) == ["WaitFor"], "replica 1 waits for replica 0"
+    after = plan_of(moved, during, answered={NEW, *serving})
     assert kinds(after) == ["RunInstance", "TerminateInstance"], "replica 0 settled: replica 1's turn"
     run, terminate = after.actions
     assert isinstance(run, RunInstance) and run.index == 1

@@ -391,9 +391,12 @@ def _retire(
     answered: Collection[str],
     in_use: Collection[str],
 ) -> list[Action]:
-    """Terminate an extra instance, unless its successor has not answered yet or a host still points at it."""
+    """Terminate an extra instance, unless its successor has not answered yet or a host still points at it.
+    An extra that never answered and that no host points at serves nobody (a boot that failed): it goes at
+    once, as a terminated one would, instead of running beside its successor."""
     successor = primaries.get(extra.index) if extra.index is not None else None
-    if successor is not None and successor.instance_id not in answered:
+    serving = extra.instance_id in answered or extra.instance_id in in_use
+    if successor is not None and successor.instance_id not in answered and serving:
         reason = f"{extra.instance_id} keeps serving until its successor {successor.instance_id} answers"
         return [WaitFor((successor.instance_id,), "answered", reason)]
     if extra.instance_id in in_use:

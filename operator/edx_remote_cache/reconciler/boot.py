@@ -229,7 +229,7 @@ class BootWatch:
         base = state.facts or Facts(ObjectRef.of(obj).generation)
         facts = dataclasses.replace(
             base,
-            terminal_error=state.heal_stall if state.stalled_generation is None else base.terminal_error,
+            terminal_error=state.standing_stall(base.terminal_error),
             **self.status.probe_facts(state, spec),
         )
         state.status["boot"] = boot

@@ -248,9 +248,7 @@ class Healer:
         facts = dataclasses.replace(
             state.facts,
             healing=state.healing,
-            terminal_error=state.heal_stall
-            if state.stalled_generation is None
-            else state.facts.terminal_error,
+            terminal_error=state.standing_stall(state.facts.terminal_error),
             **self.status.probe_facts(state, spec),
         )
         await self.status.publish(obj, state, facts)

@@ -160,6 +160,13 @@ class ResourceState:
     # from status.hosts[].cacheReach, so a restarted operator reports what it reported before (no write).
     host_vantage: dict[str, tuple[HostReach, ...]] | None = None
 
+    def standing_stall(self, terminal: str | None) -> str | None:
+        """The terminal error a republish between passes keeps: a generation's stall as the pass wrote it, else
+        a refused region/subnet change or the replacement limit (both still probed; the latter lifts)."""
+        if self.stalled_generation is not None:
+            return terminal
+        return self.refused_change or self.heal_stall
+
     def endpoint_answered_at(self) -> dict[str, float]:
         """Running endpoint -> when its current cache first answered; endpoints not answered yet left out."""
         at = self.answered_at

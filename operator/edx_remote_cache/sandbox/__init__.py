@@ -22,6 +22,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -220,7 +221,16 @@ class Sandbox:
         bring the cache hosts' memcached in line (a new instance needs its namespace before memcached starts)."""
         from edx_remote_cache.sandbox.vpc_view import align_eni_groups, observe
 
+        one_at_a_time = threading.Lock()
+
         def sync(request: Any, status: int, body: bytes) -> None:
+            # One hook at a time, each looking at EC2 inside the lock: hooks answered together would otherwise
+            # apply their views out of order, and an older view (without an instance just launched) would
+            # remove the namespace a newer one had just given it, under its memcached.
+            with one_at_a_time:
+                reshape(request, status)
+
+        def reshape(request: Any, status: int) -> None:
             caches, ssm, network = self.cache_manager, self.ssm, self.network
             if caches is None or ssm is None or network is None:  # tearing down
                 return None

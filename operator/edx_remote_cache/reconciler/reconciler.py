@@ -167,10 +167,15 @@ class Reconciler:
         claims = await self.claims.settle(obj, state, spec, cloud, mutate=not paused)
         pushed = await self.hosts.run(obj, state, spec, claims.cloud, mutate=not paused, trigger=trigger)
         hosts = claims.merge(pushed)
-        await self.prober.probe(obj, state, spec, cloud.endpoints)
+        probed = await self.prober.probe(obj, state, spec, cloud.endpoints)
         facts = self.status.facts(state, spec, ref.generation, cloud, hosts, paused_by=paused_by)
         parts = self.status.cloud_parts(cloud, spec, hosts, state)
-        await self.status.publish(obj, state, facts, retry=None, **parts)
+        # the pass's own probe round goes into status.health: after a restart the first write (the heartbeat
+        # is due) then shows this process's observation, not the previous one's, and is the only write
+        health = self.status.health(state, probed)
+        await self.status.publish(
+            obj, state, facts, retry=None, **parts, **({"health": health} if health else {})
+        )
         if cloud.plan.mutating or cloud.plan.of_type(WaitFor):
             raise RequeueError("cloud resources are still converging", delay=2.0)
         if not paused and state.rollout is None and any(h.state == "Pending" for h in hosts):

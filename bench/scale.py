@@ -186,7 +186,18 @@ def run_scale(
                     )
                 time.sleep(2.0)
             converged_in = time.monotonic() - t_create
+            converge_calls = sb.calls.calls(since=t_create)
             context.update(
+                converge_aws_calls_by_operation=count_by(
+                    converge_calls, lambda c: f"{c.service}:{c.operation}"
+                ),
+                converge_describe_calls_per_second_max=max(
+                    count_by(
+                        (c for c in converge_calls if c.operation.startswith("Describe")),
+                        lambda c: str(int(c.at - t_create)),
+                    ).values(),
+                    default=0,
+                ),
                 ready_after_converge=ready,
                 converge_seconds=round(converged_in, 1),
                 ready_flaps_during_converge=readiness.flap_summary(),

@@ -7,7 +7,7 @@
   expires: at most the lifetime after the active's last keep-alive, which comes every 1-5 s at 10 s) and the
   rest (detection: 2 failed probes at 1 s, then the restart through SSM); also the cache's private IP, since a
   replacement reusing the address of the previous repetition's instance once cost ~25 s (sandbox/network.py
-  forgets an address's previous owner since), and the peering PATCHes a minute of both replicas.
+  forgets an address's previous owner since), and, once over 30 s, the peering PATCHes a minute of the two replicas.
 * ``crash_relaunch_seconds``: the operator SIGKILLed while its RunInstances is in flight (AWS never launches);
   seconds from starting a new operator to Ready. Target <= 10.
 * ``describe_calls_per_second_max``: the most Describe* calls the operator made in any one second after that
@@ -33,6 +33,7 @@ from edx_remote_cache.sandbox.aws import Request, Response, ec2_error
 from edx_remote_cache.sandbox.harness import OperatorProcess, cache_manifest, condition, is_ready
 
 NAMESPACE = "default"
+PEERING_COST_WINDOW = 30.0  # s, once: the peering PATCHes a minute of two idle replicas
 
 
 def _healed_after(killed_at: str) -> Any:
@@ -71,12 +72,20 @@ def _wait_gone(read: Any) -> None:
     timed_wait(lambda: {"gone": True} if read() is None else None, bool, since=time.monotonic(), timeout=60)
 
 
-def run_ha(*, reps: int, out_dir: Path, env_extra: Mapping[str, str] | None = None, log: Any = print) -> dict:
+def run_ha(
+    *,
+    reps: int,
+    out_dir: Path,
+    env_extra: Mapping[str, str] | None = None,
+    peering_cost_window: float = PEERING_COST_WINDOW,
+    log: Any = print,
+) -> dict:
     failover: list[float] = []
     relaunch: list[float] = []
     describe_max: list[float] = []
     per_operation_max = 0
     reps_detail: list[dict[str, Any]] = []
+    peering_writes: list[float] = []
     busiest: list[dict[str, Any]] = []
     with Sandbox() as sb:
         env = {**sb.env(), **(env_extra or {})}
@@ -96,14 +105,18 @@ def run_ha(*, reps: int, out_dir: Path, env_extra: Mapping[str, str] | None = No
             )
             active.start()
             standby.start()
-            both_up = time.time()
             try:
                 name = f"ha-{rep}"
                 sb.kube.create(cache_manifest(name, subnet_id=sb.subnet_id, hosts=sb.edx_hosts[:1]))
                 _, obj = timed_wait(get(name), is_ready, since=time.monotonic(), timeout=60, what="Ready")
                 instance_id = obj["status"]["instances"][0]["id"]
                 time.sleep(2.0)
-                writes = _peering_writes(sb, both_up) * 60.0 / (time.time() - both_up)
+                if (
+                    rep == 0 and peering_cost_window > 0
+                ):  # the price of the bound: both replicas' keep-alives over a steady window
+                    since_wall = time.time()
+                    time.sleep(peering_cost_window)
+                    peering_writes.append(_peering_writes(sb, since_wall) * 60.0 / (time.time() - since_wall))
                 active.kill()
                 killed, killed_wall = time.monotonic(), time.time()
                 killed_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
@@ -120,7 +133,6 @@ def run_ha(*, reps: int, out_dir: Path, env_extra: Mapping[str, str] | None = No
                         if resumed is None
                         else round(resumed - killed_wall, 2),
                         "cache_endpoint": (obj["status"].get("endpoints") or [None])[0],
-                        "peering_writes_per_minute_both_replicas": round(writes, 1),
                     }
                 )
                 log(f"ha: failover {took:.2f}s (rep {rep + 1}/{reps}): {reps_detail[-1]}")
@@ -173,6 +185,9 @@ def run_ha(*, reps: int, out_dir: Path, env_extra: Mapping[str, str] | None = No
         ),
         "ha": {
             "peering_lifetime_seconds": 10,
+            # kopf: each replica PATCHes its record every max(1, lifetime - randint(5, 10)) s (2.7 s on average)
+            "peering_writes_per_minute_two_replicas": round(peering_writes[0], 1) if peering_writes else None,
+            "peering_cost_window_seconds": peering_cost_window,
             "failover_reps": reps_detail,
             "crash_busiest_seconds": busiest,
         },

@@ -200,7 +200,13 @@ def _start_profile(pid: int, out: Path, seconds: float) -> None:
 def part_ha(args: argparse.Namespace) -> dict[str, Any]:
     from ha import run_ha
 
-    return run_ha(reps=1 if args.smoke else 3, out_dir=args.out_dir, env_extra=_env_extra(args), log=log)
+    return run_ha(
+        reps=1 if args.smoke else 3,
+        out_dir=args.out_dir,
+        env_extra=_env_extra(args),
+        peering_cost_window=0.0 if args.smoke else 30.0,
+        log=log,
+    )
 
 
 def _target(name: str, fig: dict[str, Any], details: dict[str, Any]) -> float | None:

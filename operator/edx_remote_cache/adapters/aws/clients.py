@@ -4,8 +4,8 @@ Standard mode retries throttling (Throttling, ThrottlingException, RequestLimitE
 connection errors and 5xx with exponential backoff and a client-side retry quota; nothing in this package
 retries a call again on top of it (a nested retry multiplied the attempts of one call). Across calls, the
 region's clients share one `RegionBackoff` (backoff.py): while AWS throttles or fails, new calls are held
-instead of each starting its own retries, and their Describe calls share one `ReadPacer` (pacing.py): at most
-5 a second in the region, whatever waits for them.
+instead of each starting its own retries, and the EC2 client's Describe calls are paced (pacing.py): at most 5
+a second in the region, whatever waits for them.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def make_clients(
         pacer=pacer,
     )
     for client in (clients.ec2, clients.ssm):
-        backoff.install(client)  # first: a held call is refused before it takes a read slot
-        pacer.install(client)
+        backoff.install(client)
+    pacer.install(clients.ec2)  # after the back-off: a held call is refused before it takes a read slot
     return clients
 
 

@@ -1,4 +1,4 @@
-"""One region's Describe calls are paced: at most `per_second` in any one-second window, whatever waits for them.
+"""One region's EC2 Describe calls are paced: at most `per_second` in any one-second window, whatever waits.
 
 Every wait on AWS in this operator re-reads EC2: a pass re-observes after it acts, waits for an instance AWS
 launched but does not list yet, looks its subnet and AMI up on the first pass after a restart. Each of those is
@@ -7,10 +7,14 @@ but they add up: the bench's crash-before-RunInstances scenario (bench/ha.py) me
 new operator's first second for ONE object (DescribeImages, DescribeSubnets, DescribeInstances x3,
 DescribeSecurityGroups x2, DescribeInstanceInformation), against issue 19's target of at most 5 per region.
 
-`ReadPacer` sits on botocore's before-call event of the region's clients, after `RegionBackoff` (a held call is
-refused before it is paced, and never waits for a slot): a Describe* call that would be the (per_second + 1)-th
+`ReadPacer` sits on botocore's before-call event of the region's EC2 client, after `RegionBackoff` (a held call
+is refused before it is paced, and never waits for a slot): a Describe* call that would be the (per_second + 1)-th
 in a one-second window sleeps in its worker thread (boto3 calls run in asyncio.to_thread) until the oldest of
 them leaves the window. Slots are handed out first come, first served, so a burst is spread, never dropped.
+
+Not SSM: its DescribeInstanceInformation asks whether one push's hosts are online, once per push (~1,000 while
+500 objects converge). Paced at 5 a second they held the operator's 32 worker threads asleep and 500 objects
+were not Ready after 4 minutes (17 were); the region's back-off still covers SSM when AWS throttles it.
 
 The cost is latency, only while reads come in bursts: a launch's re-observe lands up to a second later. AWS's
 own EC2 limit for reads is a bucket of 100 refilled at 20 a second per account and region, so 5 a second leaves
@@ -27,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 DEFAULT_READS_PER_SECOND = 5
-PACED_PREFIX = "Describe"  # EC2 and SSM reads that poll (Get*/List* answer for one command: not paced)
+PACED_PREFIX = "Describe"
 
 
 class ReadPacer:

@@ -60,8 +60,18 @@ def measure_restart(
     settle: float,
     log: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Restart `old` (SIGTERM, then a new operator) and measure; the new operator is stopped before returning."""
+    """Restart `old` (SIGTERM, then a new operator) and measure; the new operator is stopped before returning.
+
+    Only once all N are Ready (bounded by `timeout`): a restart in the middle of the convergence would count the
+    convergence's own pushes."""
     n = len(names)
+    waited = time.monotonic()
+    while time.monotonic() - waited < timeout:
+        if sum(1 for o in sb.kube.list_objects(NAMESPACE) if is_ready(o)) >= n:
+            break
+        time.sleep(2.0)
+    ready_before = sum(1 for o in sb.kube.list_objects(NAMESPACE) if is_ready(o))
+    waited_for_ready = time.monotonic() - waited
     old.stop()
     # lastProbeTime has second resolution: a probe in the new process's first second must count as fresh
     started_wall = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
@@ -99,6 +109,8 @@ def measure_restart(
     detail = {
         "resources": n,
         "stop": "SIGTERM",
+        "ready_before_restart": ready_before,
+        "waited_for_ready_seconds": round(waited_for_ready, 1),
         "settle_seconds": settle,
         "reobserved": len(reobserved),
         "reobserve_seconds_p50": _percentile(sorted(reobserved.values()), 0.5),
@@ -112,6 +124,10 @@ def measure_restart(
         "objects_with_more_than_one_status_write": sum(1 for v in writes.values() if v > 1),
         "objects_not_ready_during_restart": len(flaps),
     }
+    if ready_before < n:
+        detail["warning_ready"] = (
+            f"only {ready_before}/{n} Ready when restarted: pushes may be the convergence's"
+        )
     if took is None:
         detail["warning"] = f"only {len(reobserved)}/{n} observed again within {timeout:.0f}s"
     return {

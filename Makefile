@@ -31,14 +31,18 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/edx-remote-cache demo
 
+# Two workers, one test file each at a time (--dist loadfile keeps a module's sandbox and operator fixtures in one
+# worker): the e2e tests mostly wait on intervals, so two halve the wall time (~14 -> ~8.5 min on 2 cores).
+TEST_WORKERS ?= 2
+
 test: install lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
 	$(BIN)/pytest -q -m "not e2e"
 
 e2e: install
-	$(BIN)/pytest -q -m e2e
+	$(BIN)/pytest -q -m e2e -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check operator tests bench

@@ -11,6 +11,8 @@ Parts (each also selectable with ``--only``):
              then an operator restart with the N Ready (bench/restart.py): mutating calls, pushes, re-observation
 * network    bench/network.py: sandbox start-up and the cost of one launched instance in the sandbox VPC
 * ha         bench/ha.py: failover to the standby replica (SIGKILL) and relaunch after a crash before RunInstances
+* vantage    bench/vantage.py: destructive actions while the operator's own view is the broken one (false heals)
+* hostpush   bench/host_push.py: bytes SSM returns per Open edX host push, and one host's first push time
 
 Results go to bench/out/results.json (``--out``): ``figures`` (name → median/min/max/n, target, met, and what was
 measured), ``details`` (per-part context: configuration, per-window breakdowns) and ``meta``. ``--smoke`` runs a
@@ -37,7 +39,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(ROOT / "operator"))
 
-PARTS = ("rewrite", "probe", "lifecycle", "scale", "network", "ha")
+PARTS = ("rewrite", "probe", "lifecycle", "scale", "network", "ha", "vantage", "hostpush")
 
 
 # name, target, unit, how the target reads in the table; `met` compares the median with the target
@@ -62,6 +64,8 @@ TARGETS: dict[str, tuple[str, str]] = {
     "restart_mutating_calls_500": ("calls", "≤ 0"),
     "restart_pushes_500": ("commands", "≤ 0"),
     "restart_reobserve_seconds_500": ("s", "≤ 60"),
+    "false_heal_actions": ("actions", "0"),
+    "push_ssm_bytes_1mib": ("B", "≤ 4096"),
 }
 FIXED_TARGETS = {
     "ready_seconds": 3.0,
@@ -82,6 +86,8 @@ FIXED_TARGETS = {
     "restart_mutating_calls_500": 0.0,
     "restart_pushes_500": 0.0,
     "restart_reobserve_seconds_500": 60.0,
+    "false_heal_actions": 0.0,
+    "push_ssm_bytes_1mib": 4096.0,  # issue 20: what leaves the host no longer grows with the file
 }
 
 
@@ -89,10 +95,13 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
-def _run_json(cmd: list[str], timeout: float) -> tuple[dict[str, Any], str]:
+def _run_json(
+    cmd: list[str], timeout: float, env_extra: dict[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "operator"), os.environ.get("PYTHONPATH")])),
+        **(env_extra or {}),
     }
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     if proc.returncode != 0:
@@ -167,6 +176,12 @@ def part_scale(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def part_hostpush(args: argparse.Namespace) -> dict[str, Any]:
+    reps = 1 if args.smoke else 3
+    cmd = [sys.executable, str(BENCH / "host_push.py"), "--json", "--reps", str(reps)]
+    return _run_json(cmd, 300, _env_extra(args))[0]
+
+
 def part_network(args: argparse.Namespace) -> dict[str, Any]:
     from network import run_network
 
@@ -206,6 +221,14 @@ def part_ha(args: argparse.Namespace) -> dict[str, Any]:
         env_extra=_env_extra(args),
         peering_cost_window=0.0 if args.smoke else 30.0,
         log=log,
+    )
+
+
+def part_vantage(args: argparse.Namespace) -> dict[str, Any]:
+    from vantage import run_vantage
+
+    return run_vantage(
+        window=2.0 if args.smoke else 60.0, out_dir=args.out_dir, env_extra=_env_extra(args), log=log
     )
 
 
@@ -346,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         "scale": part_scale,
         "network": part_network,
         "ha": part_ha,
+        "vantage": part_vantage,
+        "hostpush": part_hostpush,
     }
     for part in PARTS:
         if part not in parts_wanted:

@@ -138,6 +138,21 @@ def operators(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Ite
         ops.close()
 
 
+@pytest.fixture(autouse=True)
+def operators_started_by_a_test_stop_with_it(request: pytest.FixtureRequest) -> Iterator[None]:
+    """`operators` is module-wide; an operator a test starts itself stops when that test ends, pass or fail (two
+    standalone operators on one object race each other's pushes, and a failed test must not leave one behind to
+    break the next test of the module). The module's shared `operator` is started before this and stays."""
+    if "operators" not in request.fixturenames:
+        yield
+        return
+    ops: Operators = request.getfixturevalue("operators")
+    before = len(ops.started)
+    yield
+    for process, _ in ops.started[before:]:
+        process.stop(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def operator(operators: Operators) -> OperatorProcess:
     return operators.start()

@@ -12,7 +12,7 @@ import pytest
 
 from edx_remote_cache import OWNER_UID_TAG
 from edx_remote_cache.sandbox import Sandbox
-from edx_remote_cache.sandbox.harness import OperatorProcess
+from edx_remote_cache.sandbox.harness import OperatorProcess, condition
 
 from .support import (
     MANAGED_FILES,
@@ -20,6 +20,7 @@ from .support import (
     assert_conditions_complete,
     assert_hosts_point_at,
     assert_hosts_reverted,
+    assert_hosts_untouched,
     backups,
     ec2,
     host_file,
@@ -29,6 +30,7 @@ from .support import (
     record_status_fixture,
     reset_hosts,
     security_group,
+    snapshot_hosts,
     wait_until,
 )
 
@@ -187,3 +189,44 @@ def test_delete_with_an_unreachable_host_still_cleans_up_aws_and_says_which_host
     finally:
         sandbox.faults.agent_online(offline)
         reset_hosts(sandbox)
+
+
+@pytest.mark.timeout(60)
+def test_an_unbootable_memcached_is_diagnosed_replaced_once_and_the_hosts_never_point_at_it(
+    sandbox: Sandbox, operator: OperatorProcess
+) -> None:
+    """Another program holds memcached's port on every new cache host (a runtime fault, not the spec's): the
+    condition quotes memcached's own error, one replacement, then Stalled; no host file changes. Once the fault
+    is gone and the spec changes, the next instance answers and the hosts move to it."""
+    before = snapshot_hosts(sandbox)
+    sandbox.faults.break_boot("port-taken")
+    started = time.monotonic()
+    try:
+        since = sandbox.calls.now()
+        cache = Cache.create(sandbox, "unbootable", NS)
+        stalled = cache.wait(
+            lambda o: condition(o, "Stalled").get("reason") == "BootFailed",
+            timeout=30,
+            what="Stalled BootFailed",
+        )
+        healthy = condition(stalled, "CacheHealthy")
+        assert (healthy["status"], healthy["reason"]) == ("False", "BootFailed")
+        assert "failed to listen on one of interface(s)" in healthy["message"], healthy["message"]
+        assert "Address already in use" in healthy["message"]
+        assert condition(stalled, "Ready")["status"] == "False"
+        time.sleep(3)  # a few probe rounds: nothing more is launched
+        assert sandbox.calls.count("RunInstances", since=since) == 2, "the first launch and one replacement"
+        assert sandbox.calls.count("GetConsoleOutput", since=since) >= 2
+        assert cache.event_reasons().count("BootFailed") >= 2
+        assert_hosts_untouched(sandbox, before)
+    finally:
+        sandbox.faults.break_boot(None)
+    generation = cache.patch_spec(
+        {"healing": {"maxReplacementsPerHour": 3}}
+    )  # the spec fixed: a fresh attempt
+    cache.wait_ready(timeout=30, generation=generation)
+    assert sandbox.calls.count("RunInstances", since=since) == 3
+    assert_hosts_point_at(sandbox, cache.endpoints())
+    cache.delete_and_wait()
+    assert_hosts_reverted(sandbox)
+    assert time.monotonic() - started < 45

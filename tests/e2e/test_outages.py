@@ -15,7 +15,6 @@ import collections
 import re
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 
@@ -39,15 +38,6 @@ pytestmark = pytest.mark.e2e
 NS = "e2e-outages"
 API_OUTAGE = 30.0
 HEAL_COMMENT = "edx-remote-cache heal"
-
-
-@pytest.fixture(autouse=True)
-def one_operator_per_test(operators: Operators) -> Iterator[None]:
-    """Each test here starts its own operator; the fixture is module-wide, so stop it when the test ends (two
-    standalone operators on one object race each other's pushes: the second one's read goes stale, Conflict)."""
-    yield
-    for process, _ in operators.started:
-        process.stop(timeout=10)
 
 
 def probes_made(operator: OperatorProcess) -> float:

@@ -38,8 +38,7 @@ def test_a_restart_with_ready_objects_changes_nothing_and_keeps_them_ready(
     for cache in caches:
         cache.wait_ready(timeout=60)
 
-    # settled: every object probed and Ready at the same moment, and still so two probe rounds later (a booting
-    # cache whose first probe was refused goes through a heal first; that is not what this test is about)
+    # settled: every object probed and Ready at the same moment, and still so two probe rounds later
     def settled() -> bool:
         return all(
             (c.obj.get("status") or {}).get("health", {}).get("reachable") is True

@@ -35,6 +35,8 @@ FIGURES = (
     "restart_mutating_calls_500",
     "restart_pushes_500",
     "restart_reobserve_seconds_500",
+    "false_heal_actions",
+    "push_ssm_bytes_1mib",
 )
 
 

@@ -41,6 +41,7 @@ NEEDED_ACTIONS = {
     "ec2:DescribeSecurityGroupRules",
     "ec2:DescribeSecurityGroups",
     "ec2:DescribeSubnets",
+    "ec2:GetConsoleOutput",
     "ec2:ModifyInstanceAttribute",
     "ec2:ModifyInstanceMetadataOptions",
     "ec2:ModifyNetworkInterfaceAttribute",
@@ -267,6 +268,7 @@ def test_adopting_an_unowned_instance_means_tagging_it_as_ours() -> None:
         "ec2:StartInstances",
         "ec2:ModifyInstanceAttribute",
         "ec2:ModifyInstanceMetadataOptions",
+        "ec2:GetConsoleOutput",  # an Open edX host's console is none of the operator's business
     ],
 )
 def test_instance_changes_only_on_owner_tagged_instances(action: str) -> None:

@@ -122,6 +122,12 @@ class Metrics:
             ("region",),
             registry=registry,
         )
+        self.boot_failures = Counter(
+            "edx_remote_cache_boot_failures_total",
+            "cache hosts that never answered since they started, diagnosed from their boot logs (BootFailed)",
+            ("namespace", "name"),
+            registry=registry,
+        )
         self.aws_calls = Counter(
             "edx_remote_cache_aws_api_calls_total", "AWS API calls by service and operation", ("service", "operation"),
             registry=registry,
@@ -137,7 +143,7 @@ class Metrics:
         """Every labelled metric whose series belong to one EdxRemoteCache."""
         return (
             self.up, self.uptime, self.curr_connections, self.max_connections, self.bytes, self.limit_bytes,
-            self.probe_latency, self.heals, self.status_writes, self.probe_path_blocked,
+            self.probe_latency, self.heals, self.status_writes, self.probe_path_blocked, self.boot_failures,
         )  # fmt: skip
 
     def record_probe(self, namespace: str, name: str, result: Any) -> None:

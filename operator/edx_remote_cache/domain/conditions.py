@@ -109,6 +109,7 @@ class Facts:
     # nothing confirmed the cache is down; cache_served says another vantage sees it answer (Ready follows that)
     cache_unknown_reason: str = ""
     cache_served: bool = False
+    cache_reason: str = ""  # why CacheHealthy is False when not the operator's probes (BootFailed)
     cold_cache: bool = False  # fresh cache after a replacement: hit ratio ~0 is expected, not a failure
     converging: bool = False  # the plan still has actions
     healing: str | None = None  # current heal step, e.g. "replacing i-0abc (unreachable for 5m)"
@@ -239,7 +240,7 @@ def _cache_condition(facts: Facts) -> tuple[str, str, str]:
     if facts.cache_healthy is None:
         return "Unknown", "CacheNotProbed", extra or "cache not probed yet"
     if not facts.cache_healthy:
-        return "False", "CacheUnhealthy", extra or "cache probe failed"
+        return "False", facts.cache_reason or "CacheUnhealthy", extra or "cache probe failed"
     if facts.cold_cache:
         note = "cache is cold after a replacement; a low hit ratio is expected while it warms up"
         return "True", "CacheCold", f"{extra}; {note}" if extra else note

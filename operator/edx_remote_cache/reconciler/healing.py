@@ -32,6 +32,7 @@ from edx_remote_cache.adapters.ssm import SsmError
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.domain.vantage import BreakerVerdict, Doubt, HostOpinion
+from edx_remote_cache.reconciler.boot import BootWatch
 from edx_remote_cache.reconciler.state import (
     Adapters,
     ObjectRef,
@@ -72,6 +73,7 @@ class Healer:
         self._reconcile = reconcile  # a full pass with trigger "heal" (the façade's, so it takes the lock)
         self.onsets = onsets if onsets is not None else RegionOnsets()
         self.opinion = SecondOpinion(adapters)
+        self.boot = BootWatch(adapters, status, self._replace)  # never answered since it started: not a heal
         self._looked: dict[
             str, float
         ] = {}  # instance id -> last unconfirmed look (rung 2 at most twice a minute)
@@ -81,6 +83,9 @@ class Healer:
         spec = state.spec
         if spec is None or not spec.healing.enabled or is_paused(obj, spec):
             return None
+        instances = [(str(i.get("id")), str(i.get("privateIp") or ""), str(i.get("state")))
+                     for i in state.status.get("instances") or []]  # fmt: skip
+        self.boot.note_answers(obj, state, state.last_probe, instances, spec.memcached.port)
         if state.stalled_generation is not None or state.refused_change:
             return None  # a terminal error or a refused move: a human acts first (the cache is still probed)
         if state.consecutive_failures < spec.probe.failure_threshold:
@@ -100,6 +105,12 @@ class Healer:
         for result in state.last_probe:
             inst = by_endpoint.get(result.endpoint)
             if result.healthy or inst is None:
+                continue
+            booting = await self.boot.check(obj, state, spec, inst, result)  # reconciler/boot.py
+            if booting is not None:
+                action = booting or None
+                if action:
+                    break
                 continue
             outcome = await self._heal_instance(obj, state, spec, inst, result)
             if isinstance(outcome, Doubt):

@@ -84,6 +84,7 @@ class Reconciler:
         ref = ObjectRef.of(obj)
         self.states.pop(ref.uid, None)
         self.onsets.forget(ref.uid)
+        self.healer.boot.forget(ref.uid)
         self.adapters.metrics.forget(ref.namespace, ref.name)
 
     # ------------------------------------------------------------------------------------------ passes
@@ -164,17 +165,21 @@ class Reconciler:
         if retried is not None:
             self.adapters.events(obj, "Normal", "Retried", f"{retried.service} {retried.code} cleared "
                                  f"after {retried.attempt} attempt(s)")  # fmt: skip
+        # probed before the host pass: a new endpoint that answers now is pushed in this pass, not the next
+        results = await self.prober.probe(obj, state, spec, cloud.endpoints)
+        running = [(i.instance_id, i.private_ip, i.state) for i in cloud.observed.owned_instances(ref.owner)]
+        cloud.unanswered = self.healer.boot.note_answers(obj, state, results, running, spec.memcached.port)
         claims = await self.claims.settle(obj, state, spec, cloud, mutate=not paused)
         pushed = await self.hosts.run(obj, state, spec, claims.cloud, mutate=not paused, trigger=trigger)
         hosts = claims.merge(pushed)
-        probed = await self.prober.probe(obj, state, spec, cloud.endpoints)
         facts = self.status.facts(state, spec, ref.generation, cloud, hosts, paused_by=paused_by)
         parts = self.status.cloud_parts(cloud, spec, hosts, state)
+        boot = self.healer.boot.boot_status(obj, state)
         # the pass's own probe round goes into status.health: after a restart the first write (the heartbeat
         # is due) then shows this process's observation, not the previous one's, and is the only write
-        health = self.status.health(state, probed)
+        health = self.status.health(state, results)
         await self.status.publish(
-            obj, state, facts, retry=None, **parts, **({"health": health} if health else {})
+            obj, state, facts, retry=None, boot=boot, **parts, **({"health": health} if health else {})
         )
         if cloud.plan.mutating or cloud.plan.of_type(WaitFor):
             raise RequeueError("cloud resources are still converging", delay=2.0)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from edx_remote_cache.adapters import aws, host_push, probe
-from edx_remote_cache.adapters.aws import AwsClients, CloudLookups, EdxHostDirectory, RegionObserver
+from edx_remote_cache.adapters.aws import AwsClients, CloudLookups, EdxHostDirectory, RegionObserver, console
 from edx_remote_cache.adapters.host_drift import HostDriftChecker
 from edx_remote_cache.adapters.host_push import HostPushResult
 from edx_remote_cache.adapters.metrics import Metrics
@@ -68,6 +68,9 @@ class Adapters:
     revert_hosts: Callable[..., list[HostPushResult]] = host_push.revert_hosts
     probe_all: Callable[..., Awaitable[list[ProbeResult]]] = probe.probe_all
     probe_source_address: Callable[[str], str | None] = probe.source_address  # named in ProbePathBlocked
+    console_output: Callable[[AwsClients, str], str] = (
+        console.console_output
+    )  # a boot log (reconciler/boot.py)
     claims: HostClaims = NO_RIVALS  # who else names each Open edX host (the operator: a kopf index)
 
 
@@ -122,6 +125,9 @@ class ResourceState:
     last_probe: list[ProbeResult] = dataclasses.field(default_factory=list)
     healing: str | None = None
     restarted_at: dict[str, float] = dataclasses.field(default_factory=dict)
+    boot_failure: str | None = (
+        None  # CacheHealthy=False BootFailed: why a host never answered (reconciler/boot.py)
+    )
     replace: set[str] = dataclasses.field(default_factory=set)
     was_healthy: bool | None = None
     host_attempts: dict[str, HostAttempt] = dataclasses.field(default_factory=dict)  # by instance id
@@ -157,6 +163,8 @@ class CloudOutcome:
     replacements: dict[int, int]
     result: ActResult | None
     confirmed: frozenset[str] = frozenset()  # launch tokens AWS answered for (see Progress.confirmed)
+    # endpoints not answered since their instance started: no Open edX host is pointed at them
+    unanswered: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

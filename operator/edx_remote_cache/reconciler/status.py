@@ -181,10 +181,17 @@ class StatusPublisher:
     def probe_facts(self, state: ResourceState, spec: EdxRemoteCacheSpec) -> dict[str, Any]:
         """CacheHealthy's inputs: unhealthy after failureThreshold failures (at once when refused)."""
         results = state.last_probe
-        clear = {"cache_unknown_reason": "", "cache_served": False}
+        clear = {"cache_unknown_reason": "", "cache_served": False, "cache_reason": ""}
         if not results:
             return {"cache_healthy": None, "cache_message": "", **clear}
         bad = [r for r in results if not r.healthy]
+        if bad and state.boot_failure:  # never answered since it started: its boot logs say why
+            return {
+                **clear,
+                "cache_healthy": False,
+                "cache_message": state.boot_failure,
+                "cache_reason": "BootFailed",
+            }
         if bad and state.doubt is not None:  # failing from here, not confirmed (reconciler/healing.py)
             doubt = state.doubt
             return {"cache_healthy": None, "cache_message": doubt.message,

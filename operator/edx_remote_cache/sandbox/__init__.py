@@ -121,7 +121,7 @@ class Sandbox:
 
     def _start(self) -> None:
         global _CHECKED_RUNNER
-        from edx_remote_cache.sandbox.aws import AwsServer
+        from edx_remote_cache.sandbox.aws import AwsServer, ConsoleOutputs
         from edx_remote_cache.sandbox.cache_hosts import CacheHostManager, reap_orphans
         from edx_remote_cache.sandbox.faults import Faults
         from edx_remote_cache.sandbox.host_tools import ControlServer, Systemctl
@@ -178,6 +178,7 @@ class Sandbox:
         )
         aws.add_setup(self.ssm.install)
         aws.add_setup(self._install_lifecycle_hooks)
+        aws.add_setup(ConsoleOutputs(self._console_output).install)
         aws.start()
         self.network.expose_to_operator(aws.port)
         self.faults = Faults(self)
@@ -206,6 +207,14 @@ class Sandbox:
         if self.ssm is not None:
             self.ssm.register(host)
 
+    def _console_output(self, instance_id: str) -> str | None:
+        """GetConsoleOutput's text: a cache host's boot log, "" for another instance, None for an unknown one."""
+        caches = self.cache_manager
+        text = caches.console_text(instance_id) if caches is not None else None
+        if text is not None:
+            return text
+        return "" if self._instance(instance_id) is not None else None
+
     def _install_lifecycle_hooks(self, frontend: Any) -> None:
         """After EC2 changes an instance or a security group: reshape the VPC's namespaces and filters, then
         bring the cache hosts' memcached in line (a new instance needs its namespace before memcached starts)."""
@@ -219,12 +228,13 @@ class Sandbox:
                 align_eni_groups(
                     self._aws().ec2_backends(), eni_wins=request.operation != "ModifyInstanceAttribute"
                 )
-            network.sync(*observe(self._aws().ec2_backends()))
+            instances, groups = observe(self._aws().ec2_backends())
+            network.sync(instances, groups)
             if request.operation in INSTANCE_CHANGES:
                 rebooted: tuple[str, ...] = ()
                 if request.operation == "RebootInstances":
                     rebooted = tuple(v for k, v in request.params.items() if k.startswith("InstanceId."))
-                caches.sync(rebooted)
+                caches.sync(rebooted, networked=frozenset(i.instance_id for i in instances))
                 ssm.poke()
             return None
 

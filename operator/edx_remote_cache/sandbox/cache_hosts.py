@@ -7,6 +7,12 @@ private IP: so it listens on ``-l <private IP> -p <conf port>`` exactly as on EC
 security groups decide who reaches it. ``-P``/``-d`` are dropped (the sandbox supervises the process, as systemd
 would) and ``-u`` is adapted; a flag memcached rejects fails the host as it would on EC2. While the process is
 down, the private IP answers "connection refused", as the real host does.
+
+The first boot is logged as EC2 would show it: the user-data's steps (cloud-init), memcached's own stderr and
+systemd's verdict go to the instance's console output (served by GetConsoleOutput, sandbox/aws/console.py) and
+the script's part to the host's /var/log/cloud-init-output.log. ``boot_fault`` breaks the next first boots the
+way a runtime fault does on EC2 (BOOT_FAULTS): the port taken by another program, or no route to a package
+mirror so memcached is never installed.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,22 @@ __all__ = [
 
 OWNER_ENV = "EDX_REMOTE_CACHE_SANDBOX_OWNER"  # marks processes the sandbox started, so orphans can be reaped
 START_TIMEOUT = 5.0
+BOOT_FAULTS = ("port-taken", "no-mirror")
+_NO_UNIT = "Unit memcached.service not found."
+_CLOUD_INIT = "Cloud-init v. 24.1.3-0ubuntu3.3"
+_NO_MIRROR = (  # apt in a subnet with no route to the mirror (no NAT gateway), as Ubuntu 24.04 prints it
+    "Err:1 http://us-east-1.ec2.archive.ubuntu.com/ubuntu noble InRelease",
+    "  Could not connect to us-east-1.ec2.archive.ubuntu.com:80 (52.0.0.10), connection timed out",
+    "W: Some index files failed to download. They have been ignored, or old ones used instead.",
+    "E: Unable to locate package memcached",
+    "E: Unable to locate package libmemcached-tools",
+)
+_SCRIPTS_FAILED = "cc_scripts_user.py[WARNING]: Failed to run module scripts_user (scripts in /var/lib/cloud/instance/scripts)"
+# binds memcached's address without listening: memcached's own bind then fails, and a probe is refused
+_SQUATTER = (
+    "import socket, sys, time\ns = socket.socket()\ns.bind((sys.argv[1], int(sys.argv[2])))\n"
+    "print('bound', flush=True)\ntime.sleep(1e9)\n"
+)
 _DROPPED = {"-P", "--pidfile", "-d", "--daemon"}
 
 
@@ -125,6 +148,19 @@ class CacheHost:
     instance_running: bool = False
     hung: bool = False
     fail_restarts: bool = False
+    installed: bool = True  # False: apt never installed memcached (boot fault "no-mirror")
+    console: list[str] = field(default_factory=list)  # what the instance printed at boot (GetConsoleOutput)
+    squatter: subprocess.Popen[bytes] | None = None  # another program on memcached's port (boot fault)
+    booted_at: float = field(default_factory=time.monotonic)
+
+    def say(self, tag: str, text: str, *, log: bool = False) -> None:
+        """A console line as the serial console shows it (``[ uptime] tag[pid]: text``); ``log`` also appends it
+        to /var/log/cloud-init-output.log (the user-data script's own output)."""
+        uptime = 5.0 + time.monotonic() - self.booted_at
+        self.console.append(f"[{uptime:12.6f}] {tag}: {text}" if tag else text)
+        if log:
+            with open(self.host.var_log / "cloud-init-output.log", "a", encoding="utf-8") as out:
+                out.write(text + "\n")
 
     @property
     def instance_id(self) -> str:
@@ -165,18 +201,29 @@ class CacheHostManager:
         self.on_host = on_host
         self.memcached = memcached or shutil.which("memcached") or "/usr/bin/memcached"
         self.hosts: dict[str, CacheHost] = {}
+        self.boot_fault: str | None = None  # one of BOOT_FAULTS: applies to instances that boot from now on
         self._lock = threading.RLock()
         self._closed = False
 
     # -- EC2 state → processes --------------------------------------------------------------------------------------
 
-    def sync(self, rebooted: tuple[str, ...] = ()) -> None:
-        """Bring memcached processes in line with EC2: start on running, kill on stopped/terminated."""
+    def sync(self, rebooted: tuple[str, ...] = (), networked: frozenset[str] | None = None) -> None:
+        """Bring memcached processes in line with EC2: start on running, kill on stopped/terminated.
+
+        ``networked``: the instances the VPC has given a namespace. An instance EC2 launched after the caller
+        looked at the VPC (another RunInstances answered meanwhile) boots on its own hook's sync instead: booted
+        now, it would have no network, memcached would fail to start, and the boot would look broken."""
         with self._lock:
             if self._closed:
                 return
             for backend in self.aws.ec2_backends():
                 for instance in backend.all_instances():
+                    if (
+                        networked is not None
+                        and instance.id not in networked
+                        and instance.id not in self.hosts
+                    ):
+                        continue
                     self._sync_instance(instance, backend.region_name, instance.id in rebooted)
 
     def _sync_instance(self, instance: Any, region: str, rebooted: bool) -> None:
@@ -190,7 +237,7 @@ class CacheHostManager:
                 return
             cache = self._register(instance, region, conf)
             cache.instance_running = True
-            self._start(cache, self._read_conf(cache))  # cloud-init: write the conf, enable, restart
+            self._first_boot(cache)  # cloud-init: install, write the conf, enable, restart
             return
         if running and (not cache.instance_running or rebooted):
             if rebooted:
@@ -201,6 +248,62 @@ class CacheHostManager:
         elif not running and cache.instance_running:
             cache.instance_running = False
             self._stop(cache, state="stopped")
+            _end(cache.squatter)  # every program of the instance goes with it
+            cache.squatter = None
+
+    def _first_boot(self, cache: CacheHost) -> None:
+        """The user-data at first boot, and what it prints: memcached's stderr and systemd's verdict included."""
+        say = cache.say
+        say("cloud-init[987]", f"{_CLOUD_INIT} running 'modules:final'. Up 9.80 seconds.", log=True)
+        if self.boot_fault == "no-mirror":
+            for line in _NO_MIRROR:
+                say("cloud-init[987]", line, log=True)
+            cache.installed = False
+            self._fail(cache, _NO_UNIT)
+            say("cloud-init[987]", _SCRIPTS_FAILED, log=True)
+            return
+        say("cloud-init[987]", "Setting up memcached (1.6.24-1build3) ...", log=True)
+        if self.boot_fault == "port-taken":
+            self._squat(cache)
+        log_path = cache.host.dir / "memcached.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        if self._start(cache, self._read_conf(cache)):
+            say("", "[  OK  ] Started memcached.service - memcached daemon.")
+            say("cloud-init[987]", f"{_CLOUD_INIT} finished. Datasource DataSourceEc2Local.", log=True)
+            return
+        try:
+            with open(log_path, "rb") as log:
+                log.seek(offset)
+                printed = log.read()[-4000:].decode(errors="replace").splitlines()
+        except FileNotFoundError:  # memcached never ran: systemd's reason is all there is
+            printed = [cache.failure or "memcached did not start"]
+        for line in printed:
+            if line.strip() and not line.startswith("--- "):
+                say("memcached[1203]", line)
+        say("", "[FAILED] Failed to start memcached.service - memcached daemon.")
+        say("cloud-init[987]", _SCRIPTS_FAILED, log=True)
+
+    def _squat(self, cache: CacheHost) -> None:
+        """Another program binds memcached's address and port in the instance first (a runtime fault)."""
+        if cache.host.netns is None:
+            return
+        process = subprocess.Popen(
+            [*nsenter_argv(cache.host.netns), sys.executable, "-c", _SQUATTER,
+             cache.host.private_ip, str(cache.conf_port)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={OWNER_ENV: str(os.getpid()), "PATH": "/usr/bin:/bin"}, start_new_session=True,
+        )  # fmt: skip
+        assert process.stdout is not None
+        process.stdout.readline()  # "bound" (or EOF if it could not: then memcached starts)
+        cache.squatter = process
+
+    def console_text(self, instance_id: str) -> str | None:
+        """The instance's console output so far; None when it is not a cache host."""
+        with self._lock:
+            cache = self.hosts.get(instance_id)
+            if cache is None:
+                return None
+            return "".join(line + "\n" for line in cache.console)
 
     def _register(self, instance: Any, region: str, conf: str) -> CacheHost:
         host = SandboxHost(
@@ -236,6 +339,8 @@ class CacheHostManager:
             return True
         if isinstance(conf, OSError):
             return self._fail(cache, f"cannot read /etc/memcached.conf: {conf.strerror or conf}")
+        if not cache.installed:
+            return self._fail(cache, _NO_UNIT)
         cache.conf_port = conf_port(conf)
         ok, detail = self._spawn(cache, conf)
         if not ok:
@@ -319,6 +424,8 @@ class CacheHostManager:
             ):
                 if action == "try-restart" and cache.state != "running":
                     return 0, "", ""
+                if not cache.installed:
+                    return 5, "", f"Failed to {action} memcached.service: {_NO_UNIT}\n"
                 if action != "start":
                     self._stop(cache, state="stopped")
                 if cache.fail_restarts:
@@ -397,6 +504,8 @@ class CacheHostManager:
                 if cache.process is not None:
                     _terminate(cache.process)
                     cache.process = None
+                _end(cache.squatter)
+                cache.squatter = None
                 cache.state = "stopped"
 
 
@@ -407,6 +516,13 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError):
         process.kill()
     process.wait()
+
+
+def _end(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None:
+        _terminate(process)
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def _tail(path: Path, offset: int) -> str:

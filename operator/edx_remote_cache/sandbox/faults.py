@@ -43,6 +43,17 @@ class Faults:
         """SIGCONT after :meth:`hang_memcached`."""
         self._sandbox._caches().resume(instance_id)
 
+    def break_boot(self, kind: str | None = "port-taken") -> None:
+        """Cache hosts that boot from now on fail to start memcached, as a runtime fault would on EC2:
+        ``port-taken`` (another program holds memcached's address: memcached's own "failed to listen ...
+        Address already in use") or ``no-mirror`` (apt has no route to a package mirror: memcached is never
+        installed). ``None`` lets later boots succeed again; hosts already broken stay broken."""
+        from edx_remote_cache.sandbox.cache_hosts import BOOT_FAULTS
+
+        if kind is not None and kind not in BOOT_FAULTS:
+            raise ValueError(f"unknown boot fault {kind!r}; one of {', '.join(BOOT_FAULTS)}")
+        self._sandbox._caches().boot_fault = kind
+
     # -- EC2 ----------------------------------------------------------------------------------------------------------
 
     def stop_instance(self, instance_id: str) -> None:

@@ -1,5 +1,6 @@
-"""Host tools for every sandbox host: a fake ``curl`` (the instance metadata service, IMDSv2) and a fake
-``systemctl``, written first on the host's SSM agent PATH, and the control socket that systemctl talks to.
+"""Host tools for every sandbox host: a fake ``curl`` (the instance metadata service, IMDSv2), a fake
+``systemctl`` and a fake ``journalctl`` (memcached's unit log), written first on the host's SSM agent PATH, and
+the control socket that systemctl talks to.
 
 On cache hosts ``systemctl ... memcached`` acts on the real memcached (:mod:`.cache_hosts`); other units
 are just state.
@@ -70,6 +71,23 @@ case "$path" in
 esac
 """
 
+_JOURNALCTL = r"""#!/bin/bash
+# Sandbox stand-in for journalctl on @IID@: memcached's unit log is what the sandbox's memcached printed.
+unit=""; lines=10
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -u|--unit) unit=$2; shift 2 ;;
+    -n|--lines) lines=$2; shift 2 ;;
+    --unit=*) unit=${1#*=}; shift ;;
+    --lines=*) lines=${1#*=}; shift ;;
+    *) shift ;;
+  esac
+done
+case "$unit" in memcached|memcached.service) ;; *) echo "-- No entries --"; exit 0 ;; esac
+if [ ! -s "@LOG@" ]; then echo "-- No entries --"; exit 0; fi
+grep -v '^--- ' "@LOG@" | tail -n "$lines" | sed "s/^/$(date '+%b %d %H:%M:%S') @HOSTNAME@ memcached[1]: /"
+"""
+
 _SYSTEMCTL = r'''#!@PYTHON@ -IS
 """Sandbox stand-in for systemctl on @IID@: asks the sandbox to act on this host's units."""
 import json
@@ -106,7 +124,7 @@ sys.exit(main())
 
 
 def write_host_tools(host: SandboxHost, control_socket: Path) -> None:
-    """The host's fake curl (IMDS answers) and systemctl (via the control socket), first on its agent's PATH."""
+    """The host's fake curl (IMDS answers), systemctl (via the control socket) and journalctl, first on its PATH."""
     host.bin_dir.mkdir(parents=True, exist_ok=True)
     values = {
         "@IID@": host.instance_id,
@@ -116,8 +134,9 @@ def write_host_tools(host: SandboxHost, control_socket: Path) -> None:
         "@TOKEN@": f"AQAEA-sandbox-imds-token-{host.instance_id}",
         "@SOCKET@": str(control_socket),
         "@PYTHON@": sys.executable,
+        "@LOG@": str(host.dir / "memcached.log"),
     }
-    for name, template in (("curl", _CURL), ("systemctl", _SYSTEMCTL)):
+    for name, template in (("curl", _CURL), ("systemctl", _SYSTEMCTL), ("journalctl", _JOURNALCTL)):
         text = template
         for key, value in values.items():
             text = text.replace(key, value)

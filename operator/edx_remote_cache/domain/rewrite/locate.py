@@ -26,8 +26,11 @@ included). For a block list it is whole lines, from the start of the first item'
 item's line (newline included), because a rewrite may add an item line, drop one, or keep an item's trailing
 comment; anchors, tags and comments between the key and the first item stay outside.
 
-Errors: :class:`LocateError` (``line``, ``column``, ``problem``; ``template`` is True when the file looks like
-a Jinja/Salt template rather than YAML, so the user is told to edit the rendered file instead).
+Errors: :class:`LocateError` (``line``, ``column``, ``problem``, ``key_path``; ``template`` is True when the file
+looks like a Jinja/Salt template rather than YAML, so the user is told to edit the rendered file instead). A
+parse error names the line, column and key path and never the faulty line's text: PyYAML's snippet of the line
+is left out and any quoted piece of the file in its message is redacted (the host prints these messages into
+SSM's invocation history, which must never hold a secret).
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ __all__ = [
     "Skipped",
     "Target",
     "is_templated",
+    "key_path_at_error",
     "locate",
+    "redact",
 ]
 
 LOCATION = "location"
@@ -79,12 +84,18 @@ class LocateError(ValueError):
     """A file we cannot safely edit; ``line`` (1-based) and ``column`` (1-based) point at the cause."""
 
     def __init__(
-        self, problem: str, line: int | None = None, column: int | None = None, template: bool = False
+        self,
+        problem: str,
+        line: int | None = None,
+        column: int | None = None,
+        template: bool = False,
+        key_path: str = "",
     ) -> None:
         self.problem = problem
         self.line = line
         self.column = column
         self.template = template
+        self.key_path = key_path  # keys only (see key_path_at_error): never the faulty line's text
         super().__init__(f"line {line}: {problem}" if line is not None else problem)
 
 
@@ -169,17 +180,99 @@ def compose(text: str) -> list[Node]:
         if template is not None:
             raise template from None
         mark = exc.problem_mark or exc.context_mark
-        problem = " ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML"
+        # context and problem only: str(exc) adds the mark's snippet, i.e. the faulty line's text
+        problem = redact(" ".join(p for p in (exc.context, exc.problem) if p) or "invalid YAML")
         line = mark.line + 1 if mark is not None else None
         column = mark.column + 1 if mark is not None else None
-        if mark is not None:
-            problem = f"{problem} (column {column})"
-        raise LocateError("malformed YAML: " + problem, line, column) from None
+        where = [f"column {column}"] if mark is not None else []
+        key_path = key_path_at_error(text, mark.index if mark is not None else None)
+        if key_path:
+            where.append(f"key path {key_path}")
+        if where:
+            problem = f"{problem} ({'; '.join(where)})"
+        raise LocateError("malformed YAML: " + problem, line, column, key_path=key_path) from None
     except yaml.YAMLError as exc:  # ReaderError: bad characters, has a character offset instead of a mark
         position = getattr(exc, "position", None)
         line = text.count("\n", 0, position) + 1 if isinstance(position, int) else None
-        reason = getattr(exc, "reason", None) or str(exc)
+        reason = redact(getattr(exc, "reason", None) or type(exc).__name__)
         raise LocateError(f"malformed YAML: {reason}", line) from None
+
+
+# what a parser message may quote and still say nothing of the file: a token name ('<block end>'), one or two
+# indicator characters ('-', '{%') or an escaped control character ('\\t'); an alias, anchor or tag name is
+# the file's own text (the pure-Python loader quotes them), so it goes
+_HARMLESS_QUOTE = re.compile(r"<[a-z ]+>|[^\w\s'\"]{1,2}|\\[a-z0-9]{1,4}")
+_QUOTED = re.compile(r"'([^'\n]*)'|\"([^\"\n]*)\"")
+
+
+def redact(message: str) -> str:
+    """A parser message with every quoted piece of the file replaced by ``'…'`` (see _HARMLESS_QUOTE)."""
+
+    def keep(match: re.Match) -> str:  # type: ignore[type-arg]
+        inner = match.group(1) if match.group(1) is not None else match.group(2)
+        return match.group(0) if _HARMLESS_QUOTE.fullmatch(inner) else "'…'"
+
+    return _QUOTED.sub(keep, message)
+
+
+_KEY_CHARS = 60  # a key longer than this is cut: the path names where, it does not copy the file
+
+
+def key_path_at_error(text: str, index: int | None = None) -> str:
+    """The key path the parser was inside when it failed (at character ``index``, or where parsing stops),
+    e.g. ``CACHES.default.LOCATION`` or ``DB (after PASSWORD)``: block-mapping keys and list indices only,
+    never a value, so an error message may name it. A flow mapping's keys (``{a: b}``) show as ``{…}``: a
+    stray ``{`` turns the rest of a line, secret included, into such a key.
+
+    Parses ``text`` again event by event with the same loader and keeps one frame per open collection:
+    a mapping's frame holds its current key (and whether that key's value is still open), a list's its index.
+    """
+    frames: list[list] = []  # type: ignore[type-arg]  # [is_mapping, key or index, value open, flow]
+
+    def value_done() -> None:
+        if frames:
+            if frames[-1][0]:
+                frames[-1][2] = False
+            else:
+                frames[-1][1] += 1
+
+    try:
+        for event in yaml.parse(text, Loader=_Loader):
+            if index is not None and event.start_mark.index >= index:
+                break
+            if isinstance(event, yaml.DocumentStartEvent):
+                frames = []
+            elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                if frames and frames[-1][0] and not frames[-1][2]:  # a collection as a key
+                    frames[-1][1:3] = ["?", True]
+                mapping_start = isinstance(event, yaml.MappingStartEvent)
+                frames.append([mapping_start, None if mapping_start else 0, False, bool(event.flow_style)])
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                if frames:
+                    frames.pop()
+                value_done()
+            elif isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)):
+                if frames and frames[-1][0] and not frames[-1][2]:  # a key
+                    key = str(event.value) if isinstance(event, yaml.ScalarEvent) else "*alias"
+                    key = (
+                        "{…}" if frames[-1][3] else key if len(key) <= _KEY_CHARS else key[:_KEY_CHARS] + "…"
+                    )
+                    frames[-1][1:3] = [key, True]
+                else:
+                    value_done()
+    except yaml.YAMLError:
+        pass
+    parts = []
+    for i, (is_mapping, key, value_open, _flow) in enumerate(frames):
+        if not is_mapping:
+            parts.append(f"[{key}]")
+        elif key is not None and value_open:
+            parts.append(("." if parts else "") + str(key))
+        elif key is not None and i == len(frames) - 1:
+            return "".join(parts) + f"{' ' if parts else ''}(after {key})"
+        else:
+            break
+    return "".join(parts)
 
 
 def _template_error(text: str) -> LocateError | None:

@@ -9,12 +9,14 @@ AWS refuses (measured against moto 5.2.5):
 * ModifyInstanceAttribute of ``instanceType``/``userData`` needs a stopped instance (``IncorrectInstanceState``).
 * DeleteSecurityGroup of a group an instance or another group's rule still uses is ``DependencyViolation``.
 * A fault can make new instances invisible to DescribeInstances for a while (EC2's eventual consistency).
+* GetConsoleOutput returns what the instance printed at boot (moto: one canned string for all), see console.py.
 
 Everything is per server, in the WSGI layer: moto's classes are not patched. Each server has its own AWS account
 (moto's ``x-moto-account-id`` header, set on every request here), so sandboxes in one process, and ``mock_aws``
 users of the default account, never see each other's state.
 """
 
+from edx_remote_cache.sandbox.aws.console import ConsoleOutputs
 from edx_remote_cache.sandbox.aws.frontend import (
     INTERNAL_USER_AGENT,
     ApiError,
@@ -52,6 +54,7 @@ __all__ = [
     "AwsFrontend",
     "AwsServer",
     "CallRecorder",
+    "ConsoleOutputs",
     "Ec2Strictness",
     "Request",
     "Response",

@@ -22,6 +22,7 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/sna
 _SETUP = r"""set -e
 mount --bind "$1" /edx
 mount -t overlay sandbox-etc -o "lowerdir=/etc,upperdir=$2,workdir=$3" /etc
+if [ -d "$6" ]; then mount --bind "$6" /var/log; fi
 cd "$4"
 set +e
 exec /bin/bash "$5"
@@ -70,8 +71,13 @@ class SandboxHost:
     def ssm_dir(self) -> Path:
         return self.dir / "ssm"
 
+    @property
+    def var_log(self) -> Path:
+        """What the host's scripts see as /var/log (e.g. a cache host's cloud-init-output.log)."""
+        return self.dir / "var-log"
+
     def create_dirs(self) -> None:
-        for path in (self.root, self.bin_dir, self.etc_upper, self.etc_work, self.ssm_dir):
+        for path in (self.root, self.bin_dir, self.etc_upper, self.etc_work, self.ssm_dir, self.var_log):
             path.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -179,6 +185,7 @@ class NamespaceRunner:
             str(host.etc_work),
             cwd or str(run_dir),
             str(script_path),
+            str(host.var_log),
         ]
         process = subprocess.Popen(
             argv,

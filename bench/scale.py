@@ -34,6 +34,7 @@ from lib import (
     proc_threads,
     scrape_metrics,
 )
+from restart import measure_restart
 
 from edx_remote_cache.sandbox import Sandbox
 from edx_remote_cache.sandbox.harness import OperatorProcess, cache_manifest, condition, is_ready
@@ -135,9 +136,11 @@ def run_scale(
     create_rate: float = 0.0,
     env_extra: Mapping[str, str] | None = None,
     on_steady: Callable[[int], Any] | None = None,
+    restart_timeout: float | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Returns the named scale figures and context under "scale"."""
+    """Returns the named scale figures and context under "scale"; with `restart_timeout`, also the figures of
+    an operator restart once the windows are measured (bench/restart.py)."""
     context: dict[str, Any] = {
         "resources": n,
         "drift_interval_seconds": drift,
@@ -183,7 +186,18 @@ def run_scale(
                     )
                 time.sleep(2.0)
             converged_in = time.monotonic() - t_create
+            converge_calls = sb.calls.calls(since=t_create)
             context.update(
+                converge_aws_calls_by_operation=count_by(
+                    converge_calls, lambda c: f"{c.service}:{c.operation}"
+                ),
+                converge_describe_calls_per_second_max=max(
+                    count_by(
+                        (c for c in converge_calls if c.operation.startswith("Describe")),
+                        lambda c: str(int(c.at - t_create)),
+                    ).values(),
+                    default=0,
+                ),
                 ready_after_converge=ready,
                 converge_seconds=round(converged_in, 1),
                 ready_flaps_during_converge=readiness.flap_summary(),
@@ -265,6 +279,20 @@ def run_scale(
             if not op.alive():
                 raise RuntimeError("the operator died during the scale scenario")
             context["operator_threads"] = proc_threads(pid)
+            restarted = (
+                measure_restart(
+                    sb,
+                    op,
+                    names=[f"s-{i:04d}" for i in range(n)],
+                    env=env,
+                    log_path=out_dir / "logs" / f"scale-{n}-operator-restarted.log",
+                    timeout=restart_timeout,
+                    settle=min(float(drift), 30.0),
+                    log=log,
+                )
+                if restart_timeout
+                else {}
+            )
     context["windows"] = per_window
     context["wall_seconds"] = round(time.monotonic() - started, 1)
 
@@ -287,4 +315,5 @@ def run_scale(
             [writes * 60.0 / span / n] if span else [], digits=3, resources=n, window_seconds=round(span, 1)
         ),
         "scale": context,
+        **restarted,
     }

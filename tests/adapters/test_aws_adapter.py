@@ -745,6 +745,33 @@ def test_observe_20_resources_with_exactly_two_calls(world: World) -> None:
     assert world.calls.calls == ["DescribeInstances", "DescribeSecurityGroups"], "one refresh per interval"
 
 
+@pytest.mark.timeout(120)
+def test_owners_invalidated_together_are_read_again_in_one_read(world: World) -> None:
+    """While reads are paced, objects converging at once share a read instead of queueing one each."""
+    owners = [Owner("tenant", f"site{n:02d}", f"00000000-0000-4000-8000-{n:012d}") for n in range(6)]
+    spec = world.spec()
+    for owner in owners:
+        world.execute(world.plan(spec, owner), owner)
+    observer = RegionObserver(world.clients.ec2, ttl_seconds=60, clock=lambda: 0.0)
+    before = {o.key: observer.observe(o) for o in owners}
+    changed = owners[1:4]
+    for owner in changed:  # each one's instance goes away (as after its own mutation), then it is invalidated
+        (instance,) = before[owner.key].instances
+        world.admin.ec2.terminate_instances(InstanceIds=[instance.instance_id])
+        observer.invalidate(owner)
+
+    world.calls.reset()
+    after = {o.key: observer.observe(o) for o in [owners[2], *owners]}
+    assert world.calls.calls == ["DescribeInstances", "DescribeSecurityGroups"], "one read for the three"
+    for owner in owners:
+        live = [i for i in after[owner.key].instances if i.state not in ("shutting-down", "terminated")]
+        assert len(live) == (0 if owner in changed else 1), (owner.name, after[owner.key].instances)
+    world.calls.reset()
+    observer.invalidate(owners[5])  # a later change is read again, on its own
+    observer.observe(owners[5])
+    assert world.calls.calls == ["DescribeInstances", "DescribeSecurityGroups"]
+
+
 # --- the error table ----------------------------------------------------------------------------------------------
 
 

@@ -71,6 +71,12 @@ def test_sigkill_right_before_run_instances_relaunches_at_once_with_the_same_tok
     )
     print(f"describe_calls_per_second_max={max(per_second.values())}")
     assert max(per_second.values()) <= 10, per_second  # a restart reads a few kinds once; no storm
+    ec2_per_second = collections.Counter(
+        int(c.at)
+        for c in sandbox.calls.calls(service="ec2", since=since)
+        if c.operation.startswith("Describe")
+    )  # the region's EC2 reads are paced: 7 in the first second before (every kind once, then the re-observe)
+    assert max(ec2_per_second.values()) <= 5, ec2_per_second
 
     cache.delete_and_wait()
     assert_hosts_reverted(sandbox)

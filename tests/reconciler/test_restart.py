@@ -30,6 +30,7 @@ async def test_a_restart_with_ready_objects_mutates_nothing_and_writes_each_stat
         await first.probe_once(obj)
         assert w.status.condition("Ready")["status"] == "True"
         statuses[obj["metadata"]["name"]] = dict(w.status.current)
+    probed_before = {name: s["health"]["lastProbeTime"] for name, s in statuses.items()}
     w.clock.advance(30)  # the new process starts a little later (no heartbeat due yet)
     effects, patches = len(w.journal), len(w.status.patches)
 
@@ -42,6 +43,8 @@ async def test_a_restart_with_ready_objects_mutates_nothing_and_writes_each_stat
         await restarted.probe_once(view)  # the daemon's first probe round
         await restarted.reconcile(view, trigger="drift")
         assert w.status.condition("Ready")["status"] == "True", name
+        # the restart's one write shows the new process's own probe, not the previous process's
+        assert w.status.current["health"]["lastProbeTime"] > probed_before[name], name
     after = w.journal[effects:]
     assert [e for e in after if e[0] in ("aws", "push", "revert", "ssm")] == []
     writes = [e[1] for e in after if e[0] == "status"]

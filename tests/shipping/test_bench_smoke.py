@@ -32,6 +32,9 @@ FIGURES = (
     "failover_seconds",
     "crash_relaunch_seconds",
     "describe_calls_per_second_max",
+    "restart_mutating_calls_500",
+    "restart_pushes_500",
+    "restart_reobserve_seconds_500",
     "false_heal_actions",
     "push_ssm_bytes_1mib",
 )

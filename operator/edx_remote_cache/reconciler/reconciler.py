@@ -181,7 +181,12 @@ class Reconciler:
         facts = self.status.facts(state, spec, ref.generation, cloud, hosts, paused_by=paused_by)
         parts = self.status.cloud_parts(cloud, spec, hosts, state)
         boot = self.healer.boot.boot_status(obj, state)
-        await self.status.publish(obj, state, facts, retry=None, boot=boot, **parts)
+        # the pass's own probe round goes into status.health: after a restart the first write (the heartbeat
+        # is due) then shows this process's observation, not the previous one's, and is the only write
+        health = self.status.health(state, results)
+        await self.status.publish(
+            obj, state, facts, retry=None, boot=boot, **parts, **({"health": health} if health else {})
+        )
         if cloud.plan.mutating or cloud.plan.of_type(WaitFor):
             raise RequeueError("cloud resources are still converging", delay=2.0)
         if not paused and state.rollout is None and any(h.state == "Pending" for h in hosts):

@@ -1,10 +1,17 @@
 """Lookups whose answers rarely change, cached per region: the AMI (and its root device and architecture), a
-subnet's VPC."""
+subnet's VPC.
+
+One lookup per key at a time: after a restart every object's first pass asks for the same subnet and AMI at
+once, and without it each missed the empty cache (20 objects: 20 DescribeSubnets, 7 DescribeImages, 4
+GetParameter in the first second; at 500, a burst of hundreds of reads of one answer).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from edx_remote_cache.adapters.aws.clients import AwsClients
@@ -36,31 +43,24 @@ class CloudLookups:
         self._images: dict[str, ImageInfo] = {}
         self._parameters: dict[str, tuple[float, str]] = {}
         self._vpcs: dict[str, str] = {}
+        self._guard = threading.Lock()
+        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+
+    @contextlib.contextmanager
+    def _one_at_a_time(self, kind: str, key: str) -> Iterator[None]:
+        """Callers asking for the same key wait for the first one's answer (then read the cache)."""
+        with self._guard:
+            lock = self._key_locks.setdefault((kind, key), threading.Lock())
+        with lock:
+            yield
 
     def image(self, *, ami: str | None, ami_parameter: str, architecture: str | None = None) -> ImageInfo:
         """An explicit AMI, else the public SSM parameter's current value; terminal error if neither resolves,
         or if the image is not of `architecture` (the instance type's: an arm64 image cannot boot on t3)."""
         image_id = ami or self._parameter(ami_parameter)
-        if image_id not in self._images:
-            try:
-                response = _call(self._clients.ec2, "describe_images", ImageIds=[image_id])
-            except TerminalAwsError as exc:
-                raise TerminalAwsError(
-                    exc.code,
-                    f"AMI {image_id} cannot be used in this region ({exc.message}); set spec.instance.ami to an "
-                    "AMI id of this region or fix spec.instance.amiParameter",
-                    operation=exc.operation,
-                ) from exc
-            images = (response or {}).get("Images") or []
-            if not images:
-                raise TerminalAwsError(
-                    "InvalidAMIID.NotFound", f"AMI {image_id} does not exist in this region"
-                )
-            self._images[image_id] = ImageInfo(
-                image_id,
-                images[0].get("RootDeviceName") or "/dev/sda1",
-                images[0].get("Architecture") or "x86_64",
-            )
+        with self._one_at_a_time("image", image_id):
+            if image_id not in self._images:
+                self._images[image_id] = self._describe_image(image_id)
         info = self._images[image_id]
         if architecture is not None and info.architecture != architecture:
             raise TerminalAwsError(
@@ -70,7 +70,30 @@ class CloudLookups:
             )
         return info
 
+    def _describe_image(self, image_id: str) -> ImageInfo:
+        try:
+            response = _call(self._clients.ec2, "describe_images", ImageIds=[image_id])
+        except TerminalAwsError as exc:
+            raise TerminalAwsError(
+                exc.code,
+                f"AMI {image_id} cannot be used in this region ({exc.message}); set spec.instance.ami to an "
+                "AMI id of this region or fix spec.instance.amiParameter",
+                operation=exc.operation,
+            ) from exc
+        images = (response or {}).get("Images") or []
+        if not images:
+            raise TerminalAwsError("InvalidAMIID.NotFound", f"AMI {image_id} does not exist in this region")
+        return ImageInfo(
+            image_id,
+            images[0].get("RootDeviceName") or "/dev/sda1",
+            images[0].get("Architecture") or "x86_64",
+        )
+
     def _parameter(self, name: str) -> str:
+        with self._one_at_a_time("parameter", name):
+            return self._read_parameter(name)
+
+    def _read_parameter(self, name: str) -> str:
         cached = self._parameters.get(name)
         now = self._clock()
         if cached and now - cached[0] < self._parameter_ttl:
@@ -93,10 +116,11 @@ class CloudLookups:
         return value
 
     def vpc_id(self, subnet_id: str) -> str:
-        if subnet_id not in self._vpcs:
-            response = _call(self._clients.ec2, "describe_subnets", SubnetIds=[subnet_id])
-            subnets = (response or {}).get("Subnets") or []
-            if not subnets:
-                raise TerminalAwsError("InvalidSubnetID.NotFound", f"subnet {subnet_id} does not exist")
-            self._vpcs[subnet_id] = subnets[0]["VpcId"]
+        with self._one_at_a_time("subnet", subnet_id):
+            if subnet_id not in self._vpcs:
+                response = _call(self._clients.ec2, "describe_subnets", SubnetIds=[subnet_id])
+                subnets = (response or {}).get("Subnets") or []
+                if not subnets:
+                    raise TerminalAwsError("InvalidSubnetID.NotFound", f"subnet {subnet_id} does not exist")
+                self._vpcs[subnet_id] = subnets[0]["VpcId"]
         return self._vpcs[subnet_id]

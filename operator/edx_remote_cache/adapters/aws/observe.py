@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from edx_remote_cache import OWNER_TAG
-from edx_remote_cache.adapters.aws.clients import _chunks
+from edx_remote_cache.adapters.aws.clients import FILTER_VALUES_LIMIT, _chunks
 from edx_remote_cache.adapters.aws.errors import _paginate
 from edx_remote_cache.domain.cloud.model import GONE_STATES, EdxHost, ObservedCloud, ObservedRule, Owner
 from edx_remote_cache.domain.cloud.normalize import (
@@ -51,17 +51,21 @@ def _security_group_rules(ec2: Any, group_ids: Sequence[str]) -> dict[str, list[
 
 
 def observe_region(
-    ec2: Any, *, owner: Owner | None = None, with_rule_ids: bool = False
+    ec2: Any,
+    *,
+    owner: Owner | None = None,
+    owner_keys: Sequence[str] = (),
+    with_rule_ids: bool = False,
 ) -> dict[str, ObservedCloud]:
     """Everything every EdxRemoteCache owns in the region, grouped by owner key: two paginated calls.
 
-    Filtered by the ownership tag key (or, with `owner`, its value). `with_rule_ids` adds one batched
-    DescribeSecurityGroupRules; planning does not need it (the executor looks ids up when it revokes).
+    Filtered by the ownership tag key or, with `owner` / `owner_keys` (at most FILTER_VALUES_LIMIT), its values.
+    `with_rule_ids` adds one batched DescribeSecurityGroupRules; planning does not need it (the executor looks
+    ids up when it revokes).
     """
+    keys = [owner.key] if owner else list(owner_keys)
     tag_filter = (
-        {"Name": f"tag:{OWNER_TAG}", "Values": [owner.key]}
-        if owner
-        else {"Name": "tag-key", "Values": [OWNER_TAG]}
+        {"Name": f"tag:{OWNER_TAG}", "Values": keys} if keys else {"Name": "tag-key", "Values": [OWNER_TAG]}
     )
     instances = _describe_instances(ec2, [tag_filter], terminated=True)
     groups = list(
@@ -80,8 +84,11 @@ def observe_region(
 class RegionObserver:
     """Coalesces reads: every resource asking within `ttl_seconds` (the drift interval) shares one read.
 
-    `invalidate(owner)` after a mutation makes that owner's next observe a fresh (owner-filtered) read, so a
-    resource never plans from a snapshot older than its own last change. Thread-safe.
+    `invalidate(owner)` after a mutation makes that owner's next observe a fresh read, so a resource never plans
+    from a snapshot older than its own last change. That read is for every owner stale at the time (one filter
+    with their keys): while the region's reads are paced (pacing.py), objects converging together share one
+    read instead of queueing one each. `invalidate` never waits for a read in flight (it is called from the
+    event loop); an owner invalidated during a read stays stale for the next one. Thread-safe.
     """
 
     def __init__(
@@ -96,10 +103,13 @@ class RegionObserver:
         self._ttl = ttl_seconds
         self._clock = clock
         self._with_rule_ids = with_rule_ids
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one read at a time
+        self._stale_lock = threading.Lock()  # guards _stale and _expiries; never held during a read
         self._snapshot: dict[str, ObservedCloud] | None = None
         self._fetched_at = 0.0
         self._stale: set[str] = set()
+        self._expiries = 0  # invalidate() of everything so far; the snapshot covers `_read_expiries` of them
+        self._read_expiries = 0
 
     @property
     def fetched_at(self) -> float | None:
@@ -109,15 +119,24 @@ class RegionObserver:
     def observe(self, owner: Owner, *, adopt_instance_ids: Sequence[str] = ()) -> ObservedCloud:
         """What `owner` has, plus any `adopt_instance_ids` not yet tagged (one extra call while adopting)."""
         with self._lock:
+            with self._stale_lock:
+                stale, expiries = set(self._stale), self._expiries
             now = self._clock()
-            if self._snapshot is None or now - self._fetched_at >= self._ttl:
+            expired = expiries != self._read_expiries
+            if self._snapshot is None or expired or now - self._fetched_at >= self._ttl:
                 self._snapshot = observe_region(self._ec2, with_rule_ids=self._with_rule_ids)
-                self._fetched_at = now
-                self._stale.clear()
-            elif owner.key in self._stale:
-                fresh = observe_region(self._ec2, owner=owner, with_rule_ids=self._with_rule_ids)
-                self._snapshot[owner.key] = fresh.get(owner.key, ObservedCloud())
-                self._stale.discard(owner.key)
+                self._fetched_at, self._read_expiries = now, expiries
+                read = stale
+            elif owner.key in stale:
+                keys = [owner.key, *sorted(stale - {owner.key})[: FILTER_VALUES_LIMIT - 1]]
+                fresh = observe_region(self._ec2, owner_keys=keys, with_rule_ids=self._with_rule_ids)
+                for key in keys:
+                    self._snapshot[key] = fresh.get(key, ObservedCloud())
+                read = set(keys)
+            else:
+                read = set()
+            with self._stale_lock:
+                self._stale -= read
             cloud = self._snapshot.get(owner.key, ObservedCloud())
         known = {i.instance_id for i in cloud.instances}
         missing = [i for i in adopt_instance_ids if i not in known]
@@ -129,9 +148,9 @@ class RegionObserver:
 
     def invalidate(self, owner: Owner | None = None) -> None:
         """Forget `owner`'s part of the snapshot (or all of it)."""
-        with self._lock:
+        with self._stale_lock:
             if owner is None:
-                self._snapshot = None
+                self._expiries += 1
             else:
                 self._stale.add(owner.key)
 

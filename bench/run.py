@@ -65,6 +65,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "restart_pushes_500": ("commands", "≤ 0"),
     "restart_reobserve_seconds_500": ("s", "≤ 60"),
     "false_heal_actions": ("actions", "0"),
+    "detect_app_unreachable_seconds": ("s", "≤ drift interval + 5"),
     "push_ssm_bytes_1mib": ("B", "≤ 4096"),
 }
 FIXED_TARGETS = {
@@ -235,7 +236,7 @@ def part_vantage(args: argparse.Namespace) -> dict[str, Any]:
 def _target(name: str, fig: dict[str, Any], details: dict[str, Any]) -> float | None:
     if name in FIXED_TARGETS:
         return FIXED_TARGETS[name]
-    if name == "detect_hung_seconds":
+    if name in ("detect_hung_seconds", "detect_app_unreachable_seconds"):
         return fig.get("target_seconds")
     if name == "steady_aws_calls_per_interval":
         return 2.0 * float(fig.get("regions") or 1)

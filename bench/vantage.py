@@ -5,6 +5,9 @@
   whole VPC, each for ``window`` seconds. Counted over both windows: every mutating AWS call (a SendCommand that
   only reads or hashes files is not one), every systemctl call on a cache host other than ``is-active``, and
   every Open edX host file that changed. Target 0: the caches answer from their hosts' vantage all along.
+* ``detect_app_unreachable_seconds``: the object paused (so its drift pass does not put the rule back), the
+  security group's rule for the Open edX hosts revoked: seconds until ``CacheHealthy=False`` with reason
+  ``UnreachableFromHosts`` (the hosts' own check, batched in the drift command). Target <= drift interval + 5.
 
 Only the sandbox's own namespaces carry private addresses; the bench process itself dials 127.0.0.1 only.
 """
@@ -19,10 +22,12 @@ from typing import Any
 
 from lib import figure, timed_wait
 
+from edx_remote_cache.reconciler.reconciler import PAUSE_ANNOTATION
 from edx_remote_cache.sandbox import Sandbox
 from edx_remote_cache.sandbox.harness import OperatorProcess, cache_manifest, condition, is_ready
 
 NAMESPACE = "default"
+DRIFT_SECONDS = 5  # the bench objects' spec.driftIntervalSeconds (sandbox.harness.cache_manifest)
 READ_ONLY_COMMANDS = frozenset(
     {
         "edx-remote-cache drift",
@@ -123,6 +128,8 @@ def run_vantage(
                 lambda: sb.faults.partition_operator(False),
                 names,
             )
+            detect = _app_unreachable(sb, names[0])
+            log(f"vantage: app rule revoked -> UnreachableFromHosts in {detect:.2f}s")
             for name in names:
                 sb.kube.delete(NAMESPACE, name)
             for name in names:
@@ -134,4 +141,33 @@ def run_vantage(
                     what=f"{name} gone",
                 )
     total = sum(sum(c.values()) for c in counts.values())
-    return {"false_heal_actions": figure([total], window_seconds=window, windows=counts)}
+    return {
+        "false_heal_actions": figure([total], window_seconds=window, windows=counts),
+        "detect_app_unreachable_seconds": figure(
+            [detect], drift_interval_seconds=DRIFT_SECONDS, target_seconds=DRIFT_SECONDS + 5
+        ),
+    }
+
+
+def _unreachable_from_hosts(obj: Mapping[str, Any]) -> bool:
+    cond = condition(obj, "CacheHealthy")
+    return (cond.get("status"), cond.get("reason")) == ("False", "UnreachableFromHosts")
+
+
+def _app_unreachable(sb: Sandbox, name: str) -> float:
+    """Pause, revoke the Open edX hosts' rule, time the hosts' report; then unpause (the rule comes back)."""
+    obj = _wait(sb, name, _healthy, f"{name} healthy")
+    group = obj["status"]["securityGroupId"]
+    sb.kube.patch(NAMESPACE, name, {"metadata": {"annotations": {PAUSE_ANNOTATION: "true"}}})
+    try:
+        _wait(sb, name, lambda o: (o.get("status") or {}).get("phase") == "Paused", f"{name} paused")
+        started = time.monotonic()
+        sb.faults.revoke_rule(group, 11211, source_group_id=sb.edx_security_group_id)
+        took, _ = timed_wait(
+            lambda: sb.kube.get(NAMESPACE, name), _unreachable_from_hosts, since=started,
+            timeout=DRIFT_SECONDS + 30, what=f"{name} UnreachableFromHosts",
+        )  # fmt: skip
+    finally:
+        sb.kube.patch(NAMESPACE, name, {"metadata": {"annotations": {PAUSE_ANNOTATION: None}}})
+    _wait(sb, name, _healthy, f"{name} healthy again (the rule put back)")
+    return took

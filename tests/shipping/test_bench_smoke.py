@@ -36,6 +36,7 @@ FIGURES = (
     "restart_pushes_500",
     "restart_reobserve_seconds_500",
     "false_heal_actions",
+    "detect_app_unreachable_seconds",
     "push_ssm_bytes_1mib",
 )
 

@@ -106,6 +106,7 @@ class SandboxNetwork:
         self._instances: dict[str, InstanceNet] = {}
         self._applied: dict[str, str] = {}  # namespace -> the nft script last applied
         self._gateways: set[str] = set()
+        self._released: set[str] = set()  # private IPs a removed instance held: the next owner is a reuse
         self._veths = itertools.count(1)
         self._bridges: list[netns.PortBridge] = []
         self._blocked: set[frozenset[str]] = set()
@@ -236,7 +237,9 @@ class SandboxNetwork:
             commands += f"addr add {gateway}/{subnet.prefixlen} dev br0\n"
             self._gateways.add(inst.subnet_cidr)
         netns.run(["ip", "-batch", "-"], netns=self.vpc_ns, stdin=commands)
-        self._forget_owner(inst.private_ip, subnet)
+        if inst.private_ip in self._released:  # only a reused address has a previous owner to forget
+            self._released.discard(inst.private_ip)
+            self._forget_owner(inst.private_ip, subnet)
         # A gratuitous ARP when eth0 comes up, as EC2's VPC makes a reused private IP reachable at once: without
         # it the Open edX hosts' neighbour entry still names the previous owner's MAC for ~30 s (their own check
         # of the cache, status.hosts[].cacheReach, saw the reused address unreachable while the operator reached it).
@@ -267,13 +270,15 @@ class SandboxNetwork:
             gone is not None
         ):  # and the router forgets its MAC: the address may come back with another instance
             netns.run(["ip", "neigh", "flush", "to", gone.private_ip], netns=self.vpc_ns, check=False)
+            self._released.add(gone.private_ip)
 
     def _forget_owner(self, address: str, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network) -> None:
         """Every instance on the subnet's link forgets `address`'s previous owner, as EC2 (which answers ARP
         itself) makes a reused private IP reachable at once. The gratuitous ARP alone did not do it: an Open edX
         host that had checked the deleted cache every drift interval kept a REACHABLE entry for the old MAC and
         timed out on the new cache for ~30 s (status.hosts[].cacheReach, UnreachableFromHosts on a healthy cache).
-        One `ip` per neighbour: the sandbox's handful of instances, not a fleet."""
+        One `ip` per neighbour, and only for a reused address (a fresh one has no previous owner): at 500
+        instances, flushing on every launch was ~125,000 `ip` runs and stalled the scale bench's convergence."""
         for iid, other in self._instances.items():
             if ipaddress.ip_address(other.private_ip) in subnet:
                 netns.run(["ip", "neigh", "flush", "to", address], netns=self.namespace(iid), check=False)

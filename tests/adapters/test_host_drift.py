@@ -384,3 +384,25 @@ def test_an_endpoint_that_is_not_host_port_is_refused() -> None:
         pack_batches(
             {"i-0aaaaaaaaaaaaaaaa": {"/edx/etc/lms.yml": sha(b"")}}, reach={"i-0aaaaaaaaaaaaaaaa": ["$(x):1"]}
         )
+
+
+def test_endpoints_that_answer_cost_a_few_characters_each_so_the_short_output_holds_them(
+    files: dict[str, Path],
+) -> None:
+    """ListCommandInvocations returns 2,500 characters of each answer; past that the operator pays a
+    GetCommandInvocation per host. A line per endpoint passed it at 250 endpoints per host (the N=500 bench):
+    endpoints that answered share one line, about 6 characters each."""
+    servers = [_Memcached() for _ in range(40)]
+    for server in servers:
+        server.start()
+    endpoints = [f"127.0.0.1:{s.port}" for s in servers]
+    lms = files["lms.yml"]
+    host = "i-0aaaaaaaaaaaaaaaa"
+    [batch] = pack_batches({host: {str(lms): sha(lms.read_bytes())}}, reach={host: endpoints})
+    out = run(render_drift_script(batch), host)
+    answer = parse_drift_answer(out, batch, host)
+    assert sorted(r.endpoint for r in answer.reach if r.reachable) == sorted(endpoints)
+    reach_chars = sum(len(line) + 1 for line in out.splitlines() if line.startswith("ERC-REACH"))
+    assert reach_chars <= 12 + 8 * len(endpoints), reach_chars  # 250 endpoints: ~2,000, within 2,500
+    for server in servers:
+        server.sock.close()

@@ -13,8 +13,11 @@ poll); this module lets :mod:`edx_remote_cache.adapters.host_drift` ask for ever
 
 The same command also checks each cache endpoint from the host itself (the app host's vantage, the one the site
 is served from): a TCP connect, ``version`` and a short ``stats`` through bash's ``/dev/tcp`` under coreutils
-``timeout`` (no package to install), one ``ERC-REACH`` line per endpoint. The operator's own probes only tell
-whether *its* path works; this answer costs no AWS call of its own.
+``timeout`` (no package to install): one ``ERC-REACHED index:ms ...`` line for the endpoints that answered and
+an ``ERC-REACH`` line per failure. The operator's own probes only tell whether *its* path works; this answer
+costs no AWS call of its own — as long as it fits the 2,500 characters ListCommandInvocations returns (past that
+the operator reads it again with GetCommandInvocation, one call per host): a line per endpoint did not at 250
+endpoints per host (the N=500 bench: 9 calls per interval instead of 7), about 6 characters each does.
 
 A symlinked file is hashed through its link (the push edits its target). The line protocol is the one of
 :mod:`edx_remote_cache.domain.hosts.protocol` (``ERC-BEGIN`` … ``ERC-END``, free text in
@@ -266,7 +269,7 @@ erc_reach() {{
     out=$(timeout {REACH_TIMEOUT_SECONDS} bash -c 'exec 3<>"/dev/tcp/${{0%:*}}/${{0##*:}}" || exit 3
 printf "version\\r\\nstats\\r\\nquit\\r\\n" >&3; cat <&3' "$2" 2>&1); rc=$?
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-    if [ "$rc" -eq 0 ] && [[ $out == VERSION\\ * ]] && [[ $out == *END* ]]; then echo "ERC-REACH $1 ok $ms"; return; fi
+    if [ "$rc" -eq 0 ] && [[ $out == VERSION\\ * ]] && [[ $out == *END* ]]; then reached+=" $1:$ms"; return; fi
     [ "$rc" -ne 124 ] || break
   done
   if [ "$rc" -eq 124 ]; then echo "ERC-REACH $1 fail $ms $(erc_msg "no answer within {REACH_TIMEOUT_SECONDS}s")"
@@ -282,7 +285,9 @@ for w in "${{want[@]}}"; do
   fi
 done
 echo "ERC-CHECKED ${{#want[@]}}"
+reached=""
 for i in "${{mine[@]}}"; do erc_reach "$i" "${{eps[$i]}}"; done
+[ -z "$reached" ] || echo "ERC-REACHED$reached"
 echo "ERC-END"
 """,
         ]
@@ -311,6 +316,12 @@ def parse_drift_answer(stdout: str, batch: DriftBatch, host: str) -> DriftAnswer
             errors.append((path, _b64text(words[2]) if len(words) == 3 else "error"))
         elif words[0] == "ERC-CHECKED" and len(words) == 2 and words[1].isdigit():
             checked = int(words[1])
+        elif words[0] == "ERC-REACHED" and len(words) > 1:  # the endpoints that answered, as index:ms
+            for item in words[1:]:
+                index, _, ms = item.partition(":")
+                if not ms.isdigit():
+                    raise ProtocolError(f"unexpected reach item in drift output: {item[:40]!r}")
+                reach.append(HostReach(endpoints[_index(index, len(endpoints))], True, int(ms), ""))
         elif (
             words[0] == "ERC-REACH"
             and len(words) in (4, 5)

@@ -30,12 +30,11 @@ from typing import Any
 
 from lib import count_by, figure
 
+from edx_remote_cache.adapters.ssm import READ_ONLY_COMMENTS
 from edx_remote_cache.sandbox import Sandbox
 from edx_remote_cache.sandbox.harness import OperatorProcess, is_ready
 
 NAMESPACE = "default"
-# SendCommand comments of commands that only read (adapters/host_drift.py, adapters/host_push.py)
-READ_ONLY_COMMANDS = ("edx-remote-cache drift", "edx-remote-cache read")
 
 
 _PROBED = re.compile(
@@ -56,7 +55,7 @@ def _probed_by(operator: OperatorProcess) -> set[str]:
 
 
 def _read_only(call: Any) -> bool:
-    return call.operation == "SendCommand" and str(call.params.get("Comment")) in READ_ONLY_COMMANDS
+    return call.operation == "SendCommand" and str(call.params.get("Comment")) in READ_ONLY_COMMENTS
 
 
 def measure_restart(

@@ -22,20 +22,13 @@ from typing import Any
 
 from lib import figure, timed_wait
 
+from edx_remote_cache.adapters.ssm import READ_ONLY_COMMENTS
 from edx_remote_cache.reconciler.reconciler import PAUSE_ANNOTATION
 from edx_remote_cache.sandbox import Sandbox
 from edx_remote_cache.sandbox.harness import OperatorProcess, cache_manifest, condition, is_ready
 
 NAMESPACE = "default"
 DRIFT_SECONDS = 5  # the bench objects' spec.driftIntervalSeconds (sandbox.harness.cache_manifest)
-READ_ONLY_COMMANDS = frozenset(
-    {
-        "edx-remote-cache drift",
-        "edx-remote-cache read",
-        "edx-remote-cache read chunk",
-        "edx-remote-cache second opinion (read-only)",
-    }
-)
 
 
 def _host_files(sb: Sandbox) -> dict[str, str]:
@@ -73,7 +66,7 @@ def _destructive(sb: Sandbox, since: float, wall: float, instance_ids: list[str]
     calls = [
         c
         for c in sb.calls.calls(mutating=True, since=since)
-        if not (c.operation == "SendCommand" and c.params.get("Comment") in READ_ONLY_COMMANDS)
+        if not (c.operation == "SendCommand" and c.params.get("Comment") in READ_ONLY_COMMENTS)
     ]
     systemctl = [
         c

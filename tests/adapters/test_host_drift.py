@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
 import threading
@@ -52,6 +53,68 @@ def test_two_hosts_with_250_files_each_fit_one_command() -> None:
     }
     (batch,) = pack_batches(expected)
     assert len(render_drift_script(batch)) <= MAX_SCRIPT_CHARS
+
+
+def _bench_shape(hosts: int, per_host: int) -> tuple[dict[str, dict[str, str]], dict[str, list[str]]]:
+    """`per_host` resources on each of `hosts` Open edX hosts, each with its own file and its own cache
+    endpoint (the widest private addresses a /8 VPC can hand out)."""
+    expected: dict[str, dict[str, str]] = {}
+    reach: dict[str, list[str]] = {}
+    for i in range(hosts * per_host):
+        host = f"i-{i % hosts:017x}"
+        expected.setdefault(host, {})[f"/edx/etc/bench/r{i:04d}.yml"] = sha(b"%d" % i)
+        reach.setdefault(host, []).append(
+            f"10.{200 + i // 65_000}.{(i // 250) % 256 + 100}.{i % 250 + 4}:11211"
+        )
+    return expected, reach
+
+
+def test_the_n500_bench_check_with_every_endpoint_fits_one_command() -> None:
+    """500 resources on two Open edX hosts, each host checking its 250 caches: one SendCommand, not two (the
+    per-region AWS calls of the host-vantage check must not grow with it)."""
+    expected, reach = _bench_shape(2, 250)
+    (batch,) = pack_batches(expected, reach=reach)
+    assert len(render_drift_script(batch)) <= MAX_SCRIPT_CHARS
+    assert {h: list(batch.reach_of(h)) for h in batch.hosts} == reach
+
+
+@pytest.mark.parametrize("max_chars", [6_000, 20_000, MAX_SCRIPT_CHARS])
+@pytest.mark.parametrize(("hosts", "per_host", "shared"), [(2, 250, False), (60, 9, True), (7, 40, False)])
+def test_packing_never_passes_the_size_cap_and_leaves_no_command_half_empty(
+    max_chars: int, hosts: int, per_host: int, shared: bool
+) -> None:
+    """Every command fits; and a command ends only when the next host would not have fitted in it (within
+    the prelude's headroom), so the check is as few SendCommands as the cap allows."""
+    expected, reach = _bench_shape(hosts, per_host)
+    if shared:  # one site: every host checks the same few caches
+        reach = {h: [f"10.0.0.{n}:11211" for n in range(4, 4 + per_host)] for h in expected}
+    batches = pack_batches(expected, reach=reach, max_chars=max_chars)
+    got: dict[str, dict[str, str]] = {}
+    checks: dict[str, list[str]] = {}
+    for batch in batches:
+        assert len(render_drift_script(batch)) <= max_chars
+        for host, files in batch.expected:
+            got.setdefault(host, {}).update(files)
+            checks.setdefault(host, []).extend(batch.reach_of(host))
+    assert got == expected  # every expectation and every endpoint, each once
+    assert checks == reach
+
+    def whole(batch: DriftBatch, host: str) -> bool:
+        return dict(batch.expected)[host] == tuple(sorted(expected[host].items()))
+
+    for batch, following in itertools.pairwise(batches):
+        host = following.hosts[0]
+        if (
+            len(batch.hosts) >= HOSTS_PER_COMMAND
+            or not whole(following, host)
+            or not whole(batch, batch.hosts[-1])
+        ):
+            continue  # the host limit, or a host too big for one command (split over commands of its own)
+        merged = DriftBatch(
+            (*batch.expected, (host, tuple(sorted(expected[host].items())))),
+            (*batch.reach, (host, tuple(reach[host]))),
+        )
+        assert len(render_drift_script(merged)) > max_chars - 2_000, (len(batch.hosts), max_chars)
 
 
 def test_a_host_too_big_for_one_command_is_split_and_nothing_is_dropped() -> None:

@@ -21,6 +21,7 @@ from pymemcache.client.base import Client as Memcache
 
 from edx_remote_cache import OWNER_UID_TAG
 from edx_remote_cache.adapters.probe import parse_endpoint
+from edx_remote_cache.adapters.ssm import READ_ONLY_COMMENTS
 from edx_remote_cache.domain.conditions import CONDITION_TYPES
 from edx_remote_cache.sandbox import Sandbox
 from edx_remote_cache.sandbox.harness import cache_manifest, condition, is_ready, wait_for
@@ -232,20 +233,12 @@ def security_group(sb: Sandbox, group_id: str) -> dict[str, Any] | None:
     return dict(groups[0]) if groups else None
 
 
-READ_ONLY_COMMANDS = (
-    "edx-remote-cache drift",
-    "edx-remote-cache read",
-    "edx-remote-cache read chunk",
-    "edx-remote-cache second opinion (read-only)",
-)
-
-
 def mutations(sb: Sandbox, since: float | None = None) -> list[Any]:
     """The operator's mutating AWS calls (a SendCommand that only reads or hashes files is not one)."""
     return [
         c
         for c in sb.calls.calls(mutating=True, since=since)
-        if not (c.operation == "SendCommand" and c.params.get("Comment") in READ_ONLY_COMMANDS)
+        if not (c.operation == "SendCommand" and c.params.get("Comment") in READ_ONLY_COMMENTS)
     ]
 
 

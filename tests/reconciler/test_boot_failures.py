@@ -162,3 +162,26 @@ async def test_a_cache_that_once_answered_still_climbs_the_ladder() -> None:
     w.memcached.down[endpoint] = "refused"  # on its host too (the second opinion confirms it)
     assert await failing_round(w, reconciler, obj) == "RestartMemcached"
     assert boots.reads == [], "no boot diagnosis for a cache that served"
+
+
+async def test_a_cache_that_answered_before_an_operator_restart_is_not_taken_for_a_fresh_boot() -> None:
+    """`status.boot.answered` is what a restarted operator knows: its first probes failing (the cache died
+    during the rollout) climb the ladder; a boot diagnosis would wait out a grace period with the site down."""
+    w = world()
+    boots = Boots(w)
+    boots.broken = False
+    reconciler, obj = Reconciler(w.adapters), cache()
+    await settle(reconciler, obj)
+    served = w.cloud.running()[0]
+    assert w.status.current["boot"]["answered"] == [served.instance_id]
+    pushes = list(w.hosts.pushes)
+
+    endpoint = f"{served.private_ip}:11211"
+    w.memcached.down[endpoint] = "refused"
+    again = Reconciler(w.adapters)
+    restarted = {**obj, "status": dict(w.status.current)}
+    await settle(again, restarted)
+    assert w.status.current["boot"]["answered"] == [served.instance_id], "kept across the restart"
+    assert await failing_round(w, again, restarted) == "RestartMemcached"
+    assert boots.reads == [], "no boot diagnosis for a cache that served"
+    assert w.hosts.pushes == pushes, "the hosts keep the cache they had"

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edx_remote_cache.adapters.host_push import DriftReport, drift_of_host
-from edx_remote_cache.adapters.ssm import TERMINAL_STATUSES, SsmAdapter, SsmError
+from edx_remote_cache.adapters.ssm import COMMENT_DRIFT, TERMINAL_STATUSES, SsmAdapter, SsmError
 from edx_remote_cache.domain.hosts import ProtocolError
 from edx_remote_cache.domain.hosts.drift import (
     DriftBatch,
@@ -208,7 +208,7 @@ class HostDriftChecker:
                 batch.hosts,
                 render_drift_script(batch),
                 timeout=CHECK_TIMEOUT,
-                comment="edx-remote-cache drift",  # read-only: hashes files
+                comment=COMMENT_DRIFT,  # read-only: hashes files
             )
         except SsmError as exc:
             if retry and exc.unreachable:  # one host is gone since the last check: ping, send to the others

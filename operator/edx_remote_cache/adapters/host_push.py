@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from edx_remote_cache.adapters.ports import CommandResult, SsmRunner
-from edx_remote_cache.adapters.ssm import SsmError
+from edx_remote_cache.adapters.ssm import COMMENT_APPLY, COMMENT_DRIFT, COMMENT_READ, SsmError
 from edx_remote_cache.domain.hosts import (
     ERROR_STATES,
     LOCAL_MEMCACHED_UNIT,
@@ -115,7 +115,7 @@ def _read(
         host,
         render_read_script(paths, service=service, systemctl=systemctl),
         timeout=READ_TIMEOUT,
-        comment="edx-remote-cache read",
+        comment=COMMENT_READ,
     )
     _require_success(result, "the read command")
     try:
@@ -188,7 +188,7 @@ def _apply(
         host,
         script,
         timeout=execution_timeout(plan, step_timeout),
-        comment="edx-remote-cache apply",
+        comment=COMMENT_APPLY,
     )
     if not result.delivered:
         raise _HostProblem("Unreachable", f"the apply command was not delivered ({result.status_details})")
@@ -497,9 +497,7 @@ def drift_of_host(ssm: SsmRunner, host: str, expected: Mapping[str, str]) -> Dri
     """One hash command to one host (the batched check in :mod:`host_drift` falls back to it)."""
     paths = list(expected)
     try:
-        result = ssm.run_script(
-            host, render_hash_script(paths), timeout=READ_TIMEOUT, comment="edx-remote-cache drift"
-        )
+        result = ssm.run_script(host, render_hash_script(paths), timeout=READ_TIMEOUT, comment=COMMENT_DRIFT)
     except SsmError as exc:
         return DriftReport(host, True, f"cannot check: {exc}")
     if not result.ok:

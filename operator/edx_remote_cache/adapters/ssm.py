@@ -28,6 +28,7 @@ from edx_remote_cache.adapters.ports import THROTTLING_CODES, CommandResult
 __all__ = [
     "DOCUMENT",
     "MAX_IDS_PER_CALL",
+    "READ_ONLY_COMMENTS",
     "CommandResult",
     "SsmAdapter",
     "SsmError",
@@ -35,6 +36,17 @@ __all__ = [
 
 DOCUMENT = "AWS-RunShellScript"
 MAX_IDS_PER_CALL = 50  # DescribeInstanceInformation's InstanceIds filter and SendCommand's InstanceIds
+# SendCommand comments: what the SSM console and CloudTrail show for each of the operator's commands. The
+# read-only ones change nothing on any host; the bench and the e2e tests count every other command as a change
+# (one list, so a new read-only command cannot be counted as a write by one figure and not by another).
+COMMENT_DRIFT = "edx-remote-cache drift"
+COMMENT_READ = "edx-remote-cache read"
+COMMENT_SECOND_OPINION = "edx-remote-cache second opinion (read-only)"
+COMMENT_BOOT_DIAGNOSIS = "edx-remote-cache boot diagnosis (read-only)"
+COMMENT_APPLY = "edx-remote-cache apply"
+COMMENT_HEAL = "edx-remote-cache heal"
+COMMENT_RECONFIGURE = "edx-remote-cache: reconfigure memcached"
+READ_ONLY_COMMENTS = frozenset({COMMENT_DRIFT, COMMENT_READ, COMMENT_SECOND_OPINION, COMMENT_BOOT_DIAGNOSIS})
 TERMINAL_STATUSES = frozenset({"Success", "Failed", "Cancelled", "TimedOut"})
 # SendCommand refusals that mean "this instance cannot take commands right now", not "the request is wrong".
 UNREACHABLE_CODES = frozenset({"InvalidInstanceId", "UnsupportedPlatformType", "InvalidTarget"})

@@ -14,9 +14,9 @@ limit of 10, and the Open edX hosts pointed at each dead one in turn). For such 
   the cache answers (the ladder's all-clear lifts it);
 * the Open edX hosts are never pointed at an instance that has not answered (`unanswered`, used by the pass).
 
-Which instances answered since they started is remembered here (`status.boot.answered`, so an operator restart
-does not take a long-running cache for a fresh boot); an object from before this step counts every instance it
-already had as answered.
+Which instances answered since they started is `ResourceState.answered_at` (reconciler/state.py), the record
+the host pass and the cloud plan read too; this module writes it to `status.boot.answered`, so an operator
+restart does not take a long-running cache for a fresh boot.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 from edx_remote_cache.adapters.aws import AwsError
 from edx_remote_cache.adapters.probe import ProbeResult
-from edx_remote_cache.adapters.ssm import SsmError
+from edx_remote_cache.adapters.ssm import COMMENT_BOOT_DIAGNOSIS, SsmError
 from edx_remote_cache.domain.boot import (
     BootDiagnosis,
     BootLedger,
@@ -57,9 +57,8 @@ Replace = Callable[[Mapping[str, Any], ResourceState, EdxRemoteCacheSpec, str, s
 
 @dataclasses.dataclass
 class _Memory:
-    """One object's boot memory: who answered since they started, when each silent one was first seen."""
+    """One object's boot diagnosis: when each silent instance was first seen, what its logs said."""
 
-    answered: set[str]
     silent_since: dict[str, float] = dataclasses.field(default_factory=dict)
     looked: dict[str, tuple[float, BootDiagnosis]] = dataclasses.field(default_factory=dict)
     warned: set[str] = dataclasses.field(default_factory=set)  # instances whose BootFailed event was sent
@@ -79,15 +78,7 @@ class BootWatch:
 
     def _memory(self, obj: Mapping[str, Any], state: ResourceState) -> _Memory:
         uid = ObjectRef.of(obj).uid
-        memory = self._objects.get(uid)
-        if memory is None:
-            boot = state.status.get("boot")
-            if isinstance(boot, Mapping):
-                answered = {str(i) for i in boot.get("answered") or ()}
-            else:  # an object from before boot diagnosis: what it runs has served (or it would not be here)
-                answered = {str(i.get("id")) for i in state.status.get("instances") or [] if i.get("id")}
-            memory = self._objects[uid] = _Memory(answered)
-        return memory
+        return self._objects.setdefault(uid, _Memory())
 
     # ------------------------------------------------------------------------------------------ answers
 
@@ -99,24 +90,25 @@ class BootWatch:
         instances: Iterable[tuple[str, str, str]],
         port: int,
     ) -> tuple[str, ...]:
-        """Credit the probe round's answers to their instances ((id, private ip, state) each); returns the
-        endpoints whose instance has not answered since it started (the hosts are not pointed at those)."""
+        """After a probe round ((id, private ip, state) of each instance): forget instances not running, end the
+        diagnosis of those that answer now; returns the endpoints whose instance has not answered since it
+        started (the hosts are not pointed at those). The answers themselves are credited where the probes
+        and the second opinions are made (`state.answered_at`)."""
         memory = self._memory(obj, state)
         running = {f"{ip}:{port}": iid for iid, ip, ec2_state in instances if ec2_state == "running" and ip}
+        state.forget_not_running(set(running.values()))
         answered_now = {running[r.endpoint] for r in results if r.healthy and r.endpoint in running}
-        # a stopped (or gone) instance boots again when started: it must answer again before it counts
-        memory.answered = (memory.answered & set(running.values())) | answered_now
         if answered_now & set(memory.looked) or (state.boot_failure and answered_now):
             for iid in answered_now:
                 memory.looked.pop(iid, None)
                 memory.silent_since.pop(iid, None)
             state.boot_failure = None
-        return tuple(e for e, iid in running.items() if iid not in memory.answered)
+        return tuple(e for e, iid in running.items() if iid not in state.answered_at)
 
     def boot_status(self, obj: Mapping[str, Any], state: ResourceState) -> dict[str, Any]:
         """`status.boot`: the instances that answered since they started, and the replacement ledger."""
         ledger = BootLedger.of({"boot": state.status.get("boot")})
-        return {"answered": sorted(self._memory(obj, state).answered), **(ledger.to_status() or {})}
+        return {"answered": sorted(state.answered_at), **(ledger.to_status() or {})}
 
     # ------------------------------------------------------------------------------------------ diagnosis
 
@@ -133,7 +125,7 @@ class BootWatch:
         "BootFailed" (stalled: its one replacement per generation is spent)."""
         instance_id = str(inst.get("id"))
         memory = self._memory(obj, state)
-        if inst.get("state") != "running" or instance_id in memory.answered:
+        if inst.get("state") != "running" or instance_id in state.answered_at:
             return None
         now = self.adapters.clock()
         since = memory.silent_since.setdefault(instance_id, now)
@@ -165,7 +157,7 @@ class BootWatch:
             if ping == "Online":
                 done = await asyncio.to_thread(
                     ssm.run_script, instance_id, render_boot_log_script(), timeout=BOOT_LOG_COMMAND_TIMEOUT,
-                    comment="edx-remote-cache boot diagnosis (read-only)",
+                    comment=COMMENT_BOOT_DIAGNOSIS,
                 )  # fmt: skip
                 if done.status == "Success":
                     journal, cloud_init = split_boot_log(done.stdout)
@@ -225,7 +217,7 @@ class BootWatch:
         self, obj: Mapping[str, Any], state: ResourceState, spec: EdxRemoteCacheSpec, ledger: BootLedger
     ) -> None:
         """The ledger goes to status before anything is replaced: a restart in between never replaces twice."""
-        boot = {"answered": sorted(self._memory(obj, state).answered), **(ledger.to_status() or {})}
+        boot = {"answered": sorted(state.answered_at), **(ledger.to_status() or {})}
         base = state.facts or Facts(ObjectRef.of(obj).generation)
         facts = dataclasses.replace(
             base,

@@ -259,7 +259,7 @@ def remember_answers(state: ResourceState, observed: ObservedCloud, port: int) -
     for iid, (asked_at, opinion) in state.opinions.items():
         if opinion.answers:
             state.answered_at.setdefault(iid, asked_at)
-    state.answered_at = {iid: at for iid, at in state.answered_at.items() if iid in running}
+    state.forget_not_running(running)
     state.endpoint_instances = {f"{i.private_ip}:{port}": iid for iid, i in running.items() if i.private_ip}
     return set(state.answered_at)
 

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from edx_remote_cache.adapters.probe import ProbeResult
-from edx_remote_cache.adapters.ssm import SsmError
+from edx_remote_cache.adapters.ssm import COMMENT_HEAL, SsmError
 from edx_remote_cache.domain.conditions import Facts
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.domain.vantage import BreakerVerdict, Doubt, HostOpinion
@@ -274,7 +274,7 @@ class Healer:
         try:
             result = await asyncio.to_thread(
                 ssm.run_script, instance_id, "systemctl restart memcached\n", timeout=60,
-                comment="edx-remote-cache heal",
+                comment=COMMENT_HEAL,
             )  # fmt: skip
             if result.ok:
                 return True

@@ -81,7 +81,7 @@ class Reconciler:
             # the heartbeat is due a HEARTBEAT_SECONDS after the last one written, not at once: a restart whose
             # first pass finds nothing new writes nothing (issue 19: at most one write per object on restart,
             # and that one is for news such as the hosts' first answer about the cache)
-            state = self.states[uid] = ResourceState(status=status, written_at=last_heartbeat(status))
+            state = self.states[uid] = ResourceState.from_status(status, last_heartbeat(status))
         return state
 
     def forget(self, obj: Mapping[str, Any]) -> None:
@@ -172,9 +172,7 @@ class Reconciler:
         # probed before the host pass: a new endpoint that answers now is pushed in this pass, not the next
         results = await self.prober.probe(obj, state, spec, cloud.endpoints)
         running = [(i.instance_id, i.private_ip, i.state) for i in cloud.observed.owned_instances(ref.owner)]
-        never = self.healer.boot.note_answers(obj, state, results, running, spec.memcached.port)
-        answered = state.endpoint_answered_at()  # this process's view (the operator's or the hosts' vantage)
-        cloud.unanswered = tuple(e for e in never if e not in answered)
+        cloud.unanswered = self.healer.boot.note_answers(obj, state, results, running, spec.memcached.port)
         claims = await self.claims.settle(obj, state, spec, cloud, mutate=not paused)
         pushed = await self.hosts.run(obj, state, spec, claims.cloud, mutate=not paused, trigger=trigger)
         hosts = claims.merge(pushed)

@@ -149,9 +149,12 @@ class ResourceState:
     )
     heal_stall_generation: int = 0
     retry: RetryRecord | None = None  # the current retryable-error episode; None once a pass gets through
-    # make before break: instance id -> when it first answered (a probe, or the cache host's own answer) since it
-    # last started (reconciler/probing.py adds, the cloud pass drops one seen not running). In memory only: a
-    # restarted operator's first probe, which comes before any push in its first pass, fills it again.
+    # The one record of which instances answered since they last started, and when first (a probe of the
+    # operator's, or the cache host's own answer): the hosts are pointed only at these (make before break), the
+    # hosts' checks count only after it, and an instance not in it is diagnosed as a boot, not healed
+    # (reconciler/boot.py). reconciler/probing.py and the cloud pass add, the cloud pass and the healer drop an
+    # instance seen not running. Kept in `status.boot.answered` (seeded by :meth:`from_status`, time 0.0), so a
+    # restarted operator does not take a long-running cache for a fresh boot.
     answered_at: dict[str, float] = dataclasses.field(default_factory=dict)
     endpoint_instances: dict[str, str] = dataclasses.field(
         default_factory=dict
@@ -166,6 +169,20 @@ class ResourceState:
         if self.stalled_generation is not None:
             return terminal
         return self.refused_change or self.heal_stall
+
+    @classmethod
+    def from_status(cls, status: Mapping[str, Any], written_at: float) -> ResourceState:
+        """The state a (re)started operator rebuilds from an object's status."""
+        boot = status.get("boot")
+        if isinstance(boot, Mapping):
+            answered = [str(i) for i in boot.get("answered") or ()]
+        else:  # an object from before boot diagnosis: what it runs has served (or it would not be here)
+            answered = [str(i.get("id")) for i in status.get("instances") or [] if i.get("id")]
+        return cls(status=dict(status), written_at=written_at, answered_at=dict.fromkeys(answered, 0.0))
+
+    def forget_not_running(self, running: Collection[str]) -> None:
+        """A stopped (or gone) instance boots again when started: it must answer again before it counts."""
+        self.answered_at = {iid: at for iid, at in self.answered_at.items() if iid in running}
 
     def endpoint_answered_at(self) -> dict[str, float]:
         """Running endpoint -> when its current cache first answered; endpoints not answered yet left out."""

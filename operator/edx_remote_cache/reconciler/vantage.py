@@ -14,7 +14,7 @@ import math
 from collections.abc import Sequence
 
 from edx_remote_cache.adapters.probe import ProbeResult
-from edx_remote_cache.adapters.ssm import SsmError
+from edx_remote_cache.adapters.ssm import COMMENT_SECOND_OPINION, SsmError
 from edx_remote_cache.domain.spec import EdxRemoteCacheSpec
 from edx_remote_cache.domain.vantage import (
     BreakerVerdict,
@@ -95,7 +95,7 @@ class SecondOpinion:
                 instance_id,
                 render_opinion_script(address, spec.memcached.port),
                 timeout=OPINION_COMMAND_TIMEOUT,
-                comment="edx-remote-cache second opinion (read-only)",
+                comment=COMMENT_SECOND_OPINION,
             )
         except SsmError as exc:
             return unknown(f"SSM: {exc}")

@@ -14,7 +14,7 @@ from edx_remote_cache.adapters.aws.errors import (
     _call,
 )
 from edx_remote_cache.adapters.ports import SsmRunner
-from edx_remote_cache.adapters.ssm import SsmError
+from edx_remote_cache.adapters.ssm import COMMENT_RECONFIGURE, SsmError
 from edx_remote_cache.domain.cloud import actions
 from edx_remote_cache.domain.cloud.model import CONFIG_HASH_TAG, GONE_STATES, IngressRule
 from edx_remote_cache.domain.cloud.normalize import rule_from_security_group_rule
@@ -297,7 +297,7 @@ class _Executor:
                 a.instance_id,
                 a.script,
                 timeout=RECONFIGURE_TIMEOUT_SECONDS,
-                comment="edx-remote-cache: reconfigure memcached",
+                comment=COMMENT_RECONFIGURE,
             )
         except SsmError as exc:
             if exc.unreachable:

@@ -17,7 +17,8 @@ is served from): a TCP connect, ``version`` and a short ``stats`` through bash's
 an ``ERC-REACH`` line per failure. The operator's own probes only tell whether *its* path works; this answer
 costs no AWS call of its own — as long as it fits the 2,500 characters ListCommandInvocations returns (past that
 the operator reads it again with GetCommandInvocation, one call per host): a line per endpoint did not at 250
-endpoints per host (the N=500 bench: 9 calls per interval instead of 7), about 6 characters each does.
+endpoints per host (the N=500 bench: 9 calls per interval instead of 5), about 6 characters each does — and as
+long as the packer does not split the region's check for nothing (:class:`_Budget`).
 
 A symlinked file is hashed through its link (the push edits its target). The line protocol is the one of
 :mod:`edx_remote_cache.domain.hosts.protocol` (``ERC-BEGIN`` … ``ERC-END``, free text in
@@ -60,10 +61,8 @@ __all__ = [
 
 HOSTS_PER_COMMAND = 50  # SendCommand accepts at most 50 InstanceIds
 PREFIX_HEX = 32  # hex digits of sha256 compared on the host (128 bits)
-_ENTRY_CHARS = PREFIX_HEX + 8  # one "index:prefix" word in a host's table, quoted, with its separator
-_HOST_CHARS = 40  # one `case` arm's fixed part (instance id, parentheses, want=( … );;)
-_FIXED_CHARS = 3_400  # prelude and loops
-_ENDPOINT_CHARS = 30  # one endpoint in the table plus its index in a host's list
+_ARM_CHARS = len("  ) want=(); mine=();;\n")  # one `case` arm around its instance id and two lists
+_FIXED_CHARS = 3_400  # prelude and loops: 1,624 rendered, the rest is headroom
 # per endpoint, on the host. A quick failure (refused, reset, a short answer) is tried once more after a pause:
 # one sample turns CacheHealthy False (the operator's own probes wait for failureThreshold rounds), so a blip
 # such as memcached restarting must last through both to count. A timeout is not tried again: 2 s of silence
@@ -157,9 +156,59 @@ class DriftAnswer:
     reach: tuple[HostReach, ...] = ()  # the cache endpoints as this host sees them
 
 
-def _cost(files: Sequence[tuple[str, str]], known_paths: set[str]) -> int:
-    new_paths = sum(len(_q(p)) + 1 for p, _ in files if p not in known_paths)
-    return _HOST_CHARS + len(files) * _ENTRY_CHARS + new_paths
+class _Budget:
+    """The size one command's script will have, counted as :func:`render_drift_script` writes it.
+
+    Every part is counted exactly (a path or endpoint once in its table, its index in each host's list, one
+    `case` arm per host) except the prelude and loops, :data:`_FIXED_CHARS` with headroom. An estimate of 30
+    characters per endpoint and 40 per file split the N=500 bench's check (2 hosts, 250 files and endpoints,
+    42,208 characters rendered) into two commands: 2 more AWS calls per interval.
+    """
+
+    def __init__(self) -> None:
+        self.paths: dict[str, int] = {}
+        self.endpoints: dict[str, int] = {}
+        self.size = _FIXED_CHARS
+
+    def cost(self, host: str, files: Sequence[tuple[str, str]], endpoints: Sequence[str]) -> int:
+        return self._add(host, files, endpoints, commit=False)
+
+    def add(self, host: str, files: Sequence[tuple[str, str]], endpoints: Sequence[str]) -> None:
+        self.size += self._add(host, files, endpoints, commit=True)
+
+    def _add(
+        self, host: str, files: Sequence[tuple[str, str]], endpoints: Sequence[str], *, commit: bool
+    ) -> int:
+        paths, eps = (self.paths, self.endpoints) if commit else (dict(self.paths), dict(self.endpoints))
+        cost = len(_q(host)) + _ARM_CHARS + max(len(files) - 1, 0) + max(len(endpoints) - 1, 0)
+        for path, _ in files:
+            if path not in paths:
+                paths[path] = len(paths)
+                cost += len(_q(path)) + 1
+            cost += len(str(paths[path])) + 1 + PREFIX_HEX
+        for ep in endpoints:
+            if ep not in eps:
+                eps[ep] = len(eps)
+                cost += len(_q(ep)) + 1
+            cost += len(str(eps[ep]))
+        return cost
+
+
+def _split(
+    host: str, files: Sequence[tuple[str, str]], endpoints: Sequence[str], max_chars: int
+) -> list[DriftBatch]:
+    """One host's files and endpoints over as many single-host commands as the cap needs (a part holds at
+    least one item, so nothing is ever dropped)."""
+    parts: list[tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = [((), ())]
+    steps = [((f,), ()) for f in files] + [((), (e,)) for e in endpoints]
+    for more_files, more_eps in steps:
+        part_files, part_eps = parts[-1]
+        grown = (part_files + more_files, part_eps + more_eps)
+        if (part_files or part_eps) and _FIXED_CHARS + _Budget().cost(host, *grown) > max_chars:
+            grown = (more_files, more_eps)
+            parts.append(grown)
+        parts[-1] = grown
+    return [DriftBatch(((host, f),), ((host, e),) if e else ()) for f, e in parts]
 
 
 def pack_batches(
@@ -178,8 +227,7 @@ def pack_batches(
     reach = reach or {}
     batches: list[DriftBatch] = []
     current: list[tuple[str, tuple[tuple[str, str], ...]]] = []
-    paths: set[str] = set()
-    size = _FIXED_CHARS
+    budget = _Budget()
 
     def endpoints_of(host: str) -> tuple[str, ...]:
         eps = tuple(dict.fromkeys(reach.get(host, ())))
@@ -189,10 +237,10 @@ def pack_batches(
         return eps
 
     def flush() -> None:
-        nonlocal current, paths, size
+        nonlocal current, budget
         if current:
             batches.append(_batch(current))
-        current, paths, size = [], set(), _FIXED_CHARS
+        current, budget = [], _Budget()
 
     def _batch(items: Sequence[tuple[str, tuple[tuple[str, str], ...]]]) -> DriftBatch:
         mine = tuple((h, endpoints_of(h)) for h, _ in items if endpoints_of(h))
@@ -204,27 +252,17 @@ def pack_batches(
             continue
         for path, _ in files:
             _check_path(path)
-        cost = _cost(files, paths) + _ENDPOINT_CHARS * len(endpoints_of(host))
-        if current and (len(current) >= hosts_per_command or size + cost > max_chars):
+        eps = endpoints_of(host)
+        if current and (
+            len(current) >= hosts_per_command or budget.size + budget.cost(host, files, eps) > max_chars
+        ):
             flush()
-            cost = _cost(files, paths) + _ENDPOINT_CHARS * len(endpoints_of(host))
-        if size + cost <= max_chars:
+        if budget.size + budget.cost(host, files, eps) <= max_chars:
             current.append((host, files))
-            paths.update(p for p, _ in files)
-            size += cost
+            budget.add(host, files, eps)
             continue
-        # this host alone is too big for one command: its files go in parts
-        part: list[tuple[str, str]] = []
-        first = True
-        for item in files:
-            if part and _FIXED_CHARS + _cost((*part, item), set()) > max_chars:
-                batches.append(
-                    _batch(((host, tuple(part)),)) if first else DriftBatch(((host, tuple(part)),))
-                )
-                part, first = [], False
-            part.append(item)
-        if part:
-            batches.append(_batch(((host, tuple(part)),)) if first else DriftBatch(((host, tuple(part)),)))
+        # this host alone is too big for one command: its files, then its endpoints, go in parts
+        batches.extend(_split(host, files, eps, max_chars))
     flush()
     return batches
 

@@ -146,6 +146,7 @@ class HostPass:
                 break
         merged = [fresh.get(h) or previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
         checker.expect(expected_files(fresh.values()))  # checked from the next batched check on
+        checker.expect_reach({h: tuple(targets) for h, r in fresh.items() if r.state == "Configured"})
         if count_rollout_errors(r.state for r in merged) > max_errors:
             state.rollout = self._halt(obj, generation, max_errors, merged, todo=todo, pushed=fresh)
             return held_results(state.rollout, cloud.edx_hosts, previous | fresh)
@@ -242,6 +243,11 @@ class HostPass:
         else:
             state.host_attempts.pop(r.instance_id, None)
         return r
+
+    async def refresh_region(self, spec: EdxRemoteCacheSpec) -> None:
+        """The region's batched host check, when due (see :meth:`_refresh_host_drift`); holds no object state."""
+        checker = self.adapters.host_drift(spec.region, float(spec.drift_interval_seconds))
+        await self._refresh_host_drift(checker)
 
     async def _refresh_host_drift(self, checker: HostDriftChecker) -> None:
         """Run a due region check once, in one worker thread; every other drift pass awaits that same run.

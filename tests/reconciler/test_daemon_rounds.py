@@ -38,6 +38,13 @@ class SlowRegionCheck:
         self.release.wait(20)
 
 
+def drift_passes(w: World) -> float:
+    return sum(
+        w.adapters.metrics.reconciles.labels("drift", outcome)._value.get()
+        for outcome in ("ok", "requeue", "error")
+    )
+
+
 def healthy_states(w: World) -> list[str]:
     """CacheHealthy's status in every status patch that carried conditions, in order."""
     out = []
@@ -75,6 +82,13 @@ async def test_a_cache_that_dies_during_a_drift_pass_is_reported_before_the_regi
             await asyncio.sleep(0.05)
         assert "False" in healthy_states(w), "probe rounds went on while the region check was out"
         assert not slow.release.is_set() and slow.checks == 1, "... and it was still out"
+        assert drift_passes(w) == 0, "the pass waits for the check"
+
+        slow.release.set()
+        deadline = time.monotonic() + 5
+        while drift_passes(w) == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert drift_passes(w) == 1, "the pass runs once the check is in"
     finally:
         slow.release.set()
         setter.set()

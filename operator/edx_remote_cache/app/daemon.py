@@ -1,16 +1,15 @@
 """The per-object daemon: probe every probe.intervalSeconds, heal when needed, drift pass when due.
 
-The drift pass runs beside the probe rounds, not in between them: it waits on the region's batched host check
-(SSM: seconds, and 2 s more per host whose cache hangs), and a probe loop that waited with it went blind for
-that long. Measured in the lifecycle bench: 2 hangs in 8 landed in a pass and were reported after 6-12 s
-instead of 1.5 s, then healed after 35-65 s instead of 6 s. The pass still takes the object's lock for what it
-changes (reconciler.py), and a probe round takes it to publish, so the two never write over each other.
+A due drift pass first needs the region's batched host check (SSM: seconds, and 2 s more per host whose cache
+hangs). The rounds go on while it is out; the pass runs in the first round after it is in, and then reads its
+answers without waiting. A loop that waited for the check went blind for that long: in the lifecycle bench 2
+hangs in 8 landed in a check and were reported after 6-12 s instead of 1.5 s, then healed after 35-65 s instead
+of 6 s. The pass itself stays between two rounds, so the healer never acts beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import time
@@ -50,50 +49,51 @@ def daemon_view(body: kopf.Body, reconciler: Reconciler) -> dict[str, Any]:
 async def run_daemon(body: kopf.Body, reconciler: Reconciler, stopped: kopf.DaemonStopped) -> None:
     """Rounds until the object is deleted or the operator stops; no single failure ends the loop."""
     last_drift = time.monotonic()
-    drift: asyncio.Task[None] | None = None  # the drift pass in progress, at most one
-    try:
-        while not stopped:
-            obj = daemon_view(body, reconciler)
-            if (obj.get("metadata") or {}).get("deletionTimestamp"):
-                return
-            spec = reconciler.state(obj).spec
-            interval = spec.probe.interval_seconds if spec else 0.5  # no spec yet: the first reconcile is due
-            try:
-                results = await reconciler.probe_once(obj)
-                failing = [r for r in results if not r.healthy]
-                if spec is not None and failing:
-                    # A failing cache is re-checked at once so failureThreshold probes take ~threshold x timeout,
-                    # not threshold x interval: a timeout has already cost its wait; anything else waits one timeout.
-                    timed_out = all(r.error_kind == "timeout" for r in failing)
-                    interval = 0.0 if timed_out else min(interval, spec.probe.timeout_seconds)
-                if drift is None or drift.done() or not reconciler.in_pass(obj):
-                    # the healer never acts beside this daemon's own drift pass while that pass changes things
-                    # (as before the pass moved beside the rounds); the next round heals, a probe interval on
-                    await reconciler.heal(obj)
-                if drift is not None and drift.done():
-                    if _drift_outcome(drift, obj) == "requeue" and spec is not None:
+    check: asyncio.Task[None] | None = None  # the region's host check a due drift pass waits for
+    while not stopped:
+        obj = daemon_view(body, reconciler)
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            break
+        spec = reconciler.state(obj).spec
+        interval = spec.probe.interval_seconds if spec else 0.5  # no spec yet: the first reconcile is due
+        try:
+            results = await reconciler.probe_once(obj)
+            failing = [r for r in results if not r.healthy]
+            if spec is not None and failing:
+                # A failing cache is re-checked at once so failureThreshold probes take ~threshold x timeout, not
+                # threshold x interval: a timeout has already cost its wait; anything else waits one timeout.
+                timed_out = all(r.error_kind == "timeout" for r in failing)
+                interval = 0.0 if timed_out else min(interval, spec.probe.timeout_seconds)
+            await reconciler.heal(obj)
+            if check is None and spec is not None and reconciler.drift_due(obj, last_drift):
+                last_drift = time.monotonic()
+                check = asyncio.create_task(reconciler.refresh_host_checks(obj))
+                await asyncio.sleep(0)  # not due (another object's pass just ran it): done at once
+            if check is not None and check.done():
+                check, done = None, check
+                if not done.cancelled() and done.exception() is not None:
+                    log.warning("host check for %s failed: %s", obj["metadata"].get("name"), done.exception())
+                try:  # between two rounds, as always: the healer never acts beside this pass
+                    await reconciler.reconcile(obj, trigger="drift")
+                except RequeueError:
+                    if spec is not None:
                         last_drift = time.monotonic() - spec.drift_interval_seconds + 2  # come back soon
-                    drift = None
-                if drift is None and spec is not None and reconciler.drift_due(obj, last_drift):
-                    last_drift = time.monotonic()
-                    drift = asyncio.create_task(reconciler.reconcile(obj, trigger="drift"))
-            except Exception:  # the daemon must outlive any one failure; the next round retries
-                log.exception("probe/heal round failed for %s", obj["metadata"].get("name"))
-            await stopped.wait(interval)
-    finally:
-        if drift is not None:  # let it finish what it started (a pass is short once the host check is in)
-            with contextlib.suppress(Exception):
-                await asyncio.shield(drift)
+        except Exception:  # the daemon must outlive any one failure; the next round retries
+            log.exception("probe/heal/drift round failed for %s", obj["metadata"].get("name"))
+        await _pause(stopped, interval, check)
+    if check is not None:
+        check.cancel()  # the region's check itself is shielded: other objects' passes still get it
 
 
-def _drift_outcome(drift: asyncio.Task[None], obj: dict[str, Any]) -> str:
-    """ "ok", "requeue" (come back soon) or "error" (logged; the next drift interval tries again)."""
-    if drift.cancelled():
-        return "error"
-    exc = drift.exception()
-    if exc is None:
-        return "ok"
-    if isinstance(exc, RequeueError):
-        return "requeue"
-    log.error("drift pass failed for %s", obj["metadata"].get("name"), exc_info=exc)
-    return "error"
+async def _pause(stopped: kopf.DaemonStopped, interval: float, check: asyncio.Task[None] | None) -> None:
+    """Until the next round: `interval`, the daemon stopped, or the host check in (its pass is due then)."""
+    if check is None or check.done():
+        await stopped.wait(interval)
+        return
+
+    async def sleep() -> None:
+        await stopped.wait(interval)
+
+    sleeper = asyncio.ensure_future(sleep())
+    await asyncio.wait({sleeper, check}, return_when=asyncio.FIRST_COMPLETED)
+    sleeper.cancel()

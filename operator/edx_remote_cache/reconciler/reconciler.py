@@ -69,9 +69,12 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------------ memory
 
-    def in_pass(self, obj: Mapping[str, Any]) -> bool:
-        """Whether a pass (or a probe round's publish) holds this object's lock right now."""
-        return self.state(obj).lock.locked()
+    async def refresh_host_checks(self, obj: Mapping[str, Any]) -> None:
+        """The region's batched host check, when due, without the object's lock (it holds no object state): the
+        daemon awaits it beside its probe rounds, then the drift pass reads its answers without waiting."""
+        spec = self.state(obj).spec
+        if spec is not None:
+            await self.hosts.refresh_region(spec)
 
     def knows(self, obj: Mapping[str, Any]) -> bool:
         """Whether this object's state is already held (rebuilt from its status on first sight)."""
@@ -126,11 +129,6 @@ class Reconciler:
         started = time.monotonic()
         outcome = "ok"
         try:
-            if trigger == "drift" and state.spec is not None:
-                # The region's batched host check waits on SSM (seconds; 2 s more per host whose cache hangs):
-                # awaited before the lock, so this object's probe rounds, which take it, go on meanwhile. The
-                # pass below then reads its answers without waiting.
-                await self.hosts.refresh_region(state.spec)
             async with state.lock:
                 await self._pass(obj, state, trigger=trigger)
         except RequeueError:

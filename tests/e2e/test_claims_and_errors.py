@@ -131,7 +131,9 @@ def test_a_host_removed_from_the_spec_is_reverted_and_the_other_keeps_the_cache(
     cache.wait_ready(timeout=20, generation=generation)
     assert_hosts_reverted(sandbox, [drop])
     assert_hosts_point_at(sandbox, endpoints, [keep])
-    assert "HostReleased" in cache.event_reasons()
+    wait_until(
+        lambda: "HostReleased" in cache.event_reasons(), timeout=5, what="HostReleased event"
+    )  # posted beside the status
     cache.delete_and_wait(timeout=45)
     assert_hosts_reverted(sandbox)
 
@@ -164,7 +166,9 @@ def test_a_retryable_run_instances_error_is_in_status_within_one_pass_and_retrie
     assert "retry" not in status
     assert status["progress"]["replacementTimes"] == [], "a refused launch counted as a replacement"
     assert len(owned_instances(sandbox, cache.uid)) == 1
-    assert "AwsRetrying" in cache.event_reasons()
+    wait_until(
+        lambda: "AwsRetrying" in cache.event_reasons(), timeout=5, what="AwsRetrying event"
+    )  # posted beside the status
     cache.delete_and_wait(timeout=45)
 
 

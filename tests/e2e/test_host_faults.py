@@ -76,7 +76,9 @@ def test_an_offline_ssm_agent_makes_its_host_unreachable_and_the_rest_still_conf
         assert cache.condition("CacheHealthy")["status"] == "True"
         assert obj["status"]["phase"] == "Degraded"
         assert_conditions_complete(obj)
-        assert "HostUnreachable" in cache.event_reasons()
+        wait_until(
+            lambda: "HostUnreachable" in cache.event_reasons(), timeout=5, what="HostUnreachable event"
+        )  # posted beside the status
         assert_hosts_point_at(sandbox, cache.endpoints(), hosts=[good])
         assert files_are_original(sandbox, offline), "nothing reached the offline host"
         record_status_fixture("degraded", cache.obj, "One Open edX host's SSM agent is offline.")
@@ -118,7 +120,9 @@ def test_a_failing_restart_rolls_the_host_back_to_its_original_bytes(
         assert_hosts_point_at(sandbox, cache.endpoints(), hosts=[good])
         ready = cache.condition("Ready")
         assert ready["status"] == "False" and failing in ready["message"] and "RolledBack" in ready["message"]
-        assert "HostRolledBack" in cache.event_reasons()
+        wait_until(
+            lambda: "HostRolledBack" in cache.event_reasons(), timeout=5, what="HostRolledBack event"
+        )  # posted beside the status
         assert_conditions_complete(obj)
 
         # no retry loop: a rolled-back host is not pushed (and restarted twice) again every drift interval

@@ -66,7 +66,7 @@ def test_bad_specs_stall_with_the_field_path_and_no_aws_call(
         assert cache.condition("Ready")["status"] == "False"
         assert cache.condition("Reconciling")["status"] == "False"
         assert_conditions_complete(obj)
-        assert "InvalidSpec" in cache.event_reasons()
+        wait_until(lambda c=cache: "InvalidSpec" in c.event_reasons(), timeout=5, what="InvalidSpec event")
         if name == "public-cidr":
             record_status_fixture("stalled", obj, "A spec the operator refuses: Stalled, no AWS call.")
     writes = {name: len(cache.status_writes()) for name, cache in caches.items()}

@@ -20,6 +20,7 @@ from .support import (
     assert_hosts_reverted,
     assert_hosts_untouched,
     snapshot_hosts,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +50,9 @@ def test_a_halted_rollout_holds_the_other_host_across_passes_until_resumed(
         assert hosts["status"] == "False" and hosts["reason"] == "RolloutHalted", hosts
         assert failing in hosts["message"] and "RolledBack" in hosts["message"], hosts
         assert cache.condition("Ready")["status"] == "False"
-        assert "RolloutHalted" in cache.event_reasons()
+        wait_until(
+            lambda: "RolloutHalted" in cache.event_reasons(), timeout=5, what="RolloutHalted event"
+        )  # posted beside the status
 
         restarts = len(sandbox.supervisorctl_calls(failing))
         time.sleep(2 * DRIFT + 2)  # two drift passes, and the 0.7 s re-pass that used to push the held host
@@ -64,7 +67,9 @@ def test_a_halted_rollout_holds_the_other_host_across_passes_until_resumed(
     obj = cache.wait_ready(timeout=30)
     assert "rollout" not in obj["status"]
     assert_hosts_point_at(sandbox, cache.endpoints())
-    assert "RolloutResumed" in cache.event_reasons()
+    wait_until(
+        lambda: "RolloutResumed" in cache.event_reasons(), timeout=5, what="RolloutResumed event"
+    )  # posted beside the status
     cache.delete_and_wait()
     assert_hosts_reverted(sandbox)
 

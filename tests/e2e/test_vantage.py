@@ -22,6 +22,7 @@ from .support import (
     mutations,
     operations,
     snapshot_hosts,
+    wait_until,
 )
 
 pytestmark = pytest.mark.e2e
@@ -106,7 +107,9 @@ def test_a_blocked_operator_path_is_reported_and_never_healed(sandbox: Sandbox, 
         hold(sandbox, [cache], "ProbePathBlocked", WINDOW)
         message = cache.condition("CacheHealthy")["message"]
         assert sandbox.network.operator_ip in message and "probeSource" in message, message
-        assert "ProbePathBlocked" in cache.event_reasons()
+        wait_until(
+            lambda: "ProbePathBlocked" in cache.event_reasons(), timeout=5, what="ProbePathBlocked event"
+        )  # posted beside the status
     finally:
         sandbox.faults.unblock_path("operator", iid)
     cache.wait(
@@ -171,7 +174,9 @@ def test_a_revoked_app_rule_is_reported_from_the_hosts_vantage_within_a_drift_in
     finally:
         cache.annotate({PAUSE_ANNOTATION: None})
     cache.wait(lambda o: cache_condition_of(o) == ("True", "CacheHealthy"), timeout=30, what="healthy again")
-    assert "DriftCorrected" in cache.event_reasons(), "unpaused, the operator put the rule back"
+    wait_until(
+        lambda: "DriftCorrected" in cache.event_reasons(), timeout=5, what="DriftCorrected event"
+    )  # posted beside the status
     assert not {"RunInstances", "TerminateInstances"} & set(operations(mutations(sandbox, since)))
     assert instance_of(cache) == iid and destructive_events([cache]) == events
 

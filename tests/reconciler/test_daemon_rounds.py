@@ -20,6 +20,7 @@ from kopf._cogs.aiokits.aioenums import FlagSetter
 
 from edx_remote_cache.app.daemon import run_daemon
 from edx_remote_cache.reconciler.reconciler import Reconciler, RequeueError
+from edx_remote_cache.reconciler.retrying import RetryRecord
 
 
 class SlowRegionCheck:
@@ -94,3 +95,34 @@ async def test_a_cache_that_dies_during_a_drift_pass_is_reported_before_the_regi
         setter.set()
         await asyncio.wait_for(daemon, 10)
     assert slow.checks == 1, "one region check for the pass (the pass itself did not wait for a second one)"
+
+
+async def test_the_host_check_is_asked_for_only_by_an_object_whose_pass_would_run() -> None:
+    """Not while it backs off from an AWS error (an SSM call each interval would feed the storm it waits out),
+    and not before it configured a host (nothing of its own to check)."""
+    w = world()
+    reconciler, obj = Reconciler(w.adapters), cache()
+    slow = SlowRegionCheck(w)
+    slow.release.set()
+    slow.started.clear()
+    w.drift.due = lambda: True  # type: ignore[method-assign]
+    state = reconciler.state(obj)
+    for _ in range(5):
+        with contextlib.suppress(RequeueError):
+            await reconciler.reconcile(obj)
+            break
+    slow.checks = 0
+
+    state.retry = RetryRecord("AWS", "RequestLimitExceeded", "slow down", "DescribeInstances", 3,
+                              w.clock() + 30, generation=1)  # fmt: skip
+    await reconciler.refresh_host_checks(obj)
+    assert slow.checks == 0, "backing off: no host check"
+
+    state.retry = None
+    await reconciler.refresh_host_checks(obj)
+    assert slow.checks == 1
+
+    fresh = cache("fresh", uid="uid-2")
+    reconciler.state(fresh).spec = state.spec
+    await reconciler.refresh_host_checks(fresh)
+    assert slow.checks == 1, "no configured host yet: nothing to check"

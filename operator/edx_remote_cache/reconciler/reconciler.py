@@ -72,9 +72,18 @@ class Reconciler:
     async def refresh_host_checks(self, obj: Mapping[str, Any]) -> None:
         """The region's batched host check, when due, without the object's lock (it holds no object state): the
         daemon awaits it beside its probe rounds, then the drift pass reads its answers without waiting."""
-        spec = self.state(obj).spec
-        if spec is not None:
-            await self.hosts.refresh_region(spec)
+        state = self.state(obj)
+        configured = any(h.get("state") == "Configured" for h in state.status.get("hosts") or [])
+        if state.spec is None or not configured or self._backing_off(obj, state) > 0.05:
+            return  # as in the pass: only for hosts it configured, and never while backing off (an AWS storm)
+        await self.hosts.refresh_region(state.spec)
+
+    def _backing_off(self, obj: Mapping[str, Any], state: ResourceState) -> float:
+        """Seconds until this generation's retryable-error episode allows the next pass (0: not backing off)."""
+        retry = state.retry
+        if retry is None or retry.generation != ObjectRef.of(obj).generation:
+            return 0.0
+        return max(0.0, retry.next_at - self.adapters.clock())
 
     def knows(self, obj: Mapping[str, Any]) -> bool:
         """Whether this object's state is already held (rebuilt from its status on first sight)."""
@@ -121,9 +130,8 @@ class Reconciler:
     async def reconcile(self, obj: Mapping[str, Any], *, trigger: str = "spec") -> None:
         """Converge one resource. Raises RequeueError when it should run again soon."""
         state = self.state(obj)
-        retry = state.retry
-        wait = retry.next_at - self.adapters.clock() if retry is not None else 0.0
-        if retry is not None and retry.generation == ObjectRef.of(obj).generation and wait > 0.05:
+        retry, wait = state.retry, self._backing_off(obj, state)
+        if retry is not None and wait > 0.05:
             # backing off: no trigger (kopf's retry, the daemon's drift pass, healing) calls AWS before it is due
             raise RequeueError(f"backing off: {retry.describe(self.adapters.clock())}", delay=wait)
         started = time.monotonic()

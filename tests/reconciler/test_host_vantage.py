@@ -161,3 +161,17 @@ async def test_a_new_cache_gets_its_hosts_at_the_first_probe_round_that_it_answe
         await reconciler.reconcile(obj)
     assert w.hosts.pushes == [(h, ("10.0.0.3:11211",)) for h in EDX_HOSTS]
     assert w.status.condition("Ready")["status"] == "True"
+
+
+async def test_hosts_on_a_cache_that_has_not_answered_since_it_restarted_keep_being_checked() -> None:
+    """Pushes wait for a cache that has not answered since its instance last started; the hosts already pointing
+    at it go on checking it from their side (a check that stopped would hide that the site lost its cache)."""
+    w, reconciler, obj, _, endpoint = await ready()
+    pushes = list(w.hosts.pushes)
+    reconciler.state(obj).answered_at.clear()  # its instance started again (stop/start) ...
+    w.memcached.down[endpoint] = "refused"  # ... and memcached has not answered since
+    w.drift.asked = {}
+    await drift_pass(reconciler, obj)
+    assert w.drift.asked == {h: (endpoint,) for h in EDX_HOSTS}, "the hosts' check went on"
+    assert w.hosts.pushes == pushes, "no push to a cache that has not answered"
+    assert [h["state"] for h in w.status.current["hosts"]] == ["Configured"] * 2, "they keep what they have"

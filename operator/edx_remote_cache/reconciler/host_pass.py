@@ -69,13 +69,6 @@ class HostPass:
         complete = len(targets) == spec.instance.replicas and bool(targets)
         if not complete or not cloud.edx_hosts:
             return [previous.get(h) or HostPushResult(h, "Pending") for h in cloud.edx_hosts]
-        if (
-            cloud.unanswered
-        ):  # never point the site at a cache that has not answered: hosts keep what they have
-            waiting = (
-                f"waiting for {', '.join(cloud.unanswered)} to answer a probe before pointing hosts at it"
-            )
-            return [previous.get(h) or HostPushResult(h, "Pending", message=waiting) for h in cloud.edx_hosts]
         pushed = list(state.status.get("pushedEndpoints") or [])
         due = [h for h in cloud.edx_hosts if self.host_due(state, previous.get(h), generation, targets)]
         configured = [h for h in cloud.edx_hosts if h in previous and previous[h].state == "Configured"]

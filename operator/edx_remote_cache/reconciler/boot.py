@@ -76,9 +76,8 @@ class BootWatch:
     def forget(self, uid: str) -> None:
         self._objects.pop(uid, None)
 
-    def _memory(self, obj: Mapping[str, Any], state: ResourceState) -> _Memory:
-        uid = ObjectRef.of(obj).uid
-        return self._objects.setdefault(uid, _Memory())
+    def _memory(self, obj: Mapping[str, Any]) -> _Memory:
+        return self._objects.setdefault(ObjectRef.of(obj).uid, _Memory())
 
     # ------------------------------------------------------------------------------------------ answers
 
@@ -94,7 +93,7 @@ class BootWatch:
         diagnosis of those that answer now; returns the endpoints whose instance has not answered since it
         started (the hosts are not pointed at those). The answers themselves are credited where the probes
         and the second opinions are made (`state.answered_at`)."""
-        memory = self._memory(obj, state)
+        memory = self._memory(obj)
         running = {f"{ip}:{port}": iid for iid, ip, ec2_state in instances if ec2_state == "running" and ip}
         state.forget_not_running(set(running.values()))
         answered_now = {running[r.endpoint] for r in results if r.healthy and r.endpoint in running}
@@ -105,10 +104,9 @@ class BootWatch:
             state.boot_failure = None
         return tuple(e for e, iid in running.items() if iid not in state.answered_at)
 
-    def boot_status(self, obj: Mapping[str, Any], state: ResourceState) -> dict[str, Any]:
+    def boot_status(self, state: ResourceState) -> dict[str, Any]:
         """`status.boot`: the instances that answered since they started, and the replacement ledger."""
-        ledger = BootLedger.of({"boot": state.status.get("boot")})
-        return {"answered": sorted(state.answered_at), **(ledger.to_status() or {})}
+        return _boot_status(state, BootLedger.of({"boot": state.status.get("boot")}))
 
     # ------------------------------------------------------------------------------------------ diagnosis
 
@@ -124,7 +122,7 @@ class BootWatch:
         rung handles it). Otherwise what was done: "" (still booting), "ReplaceInstance", "RateLimited",
         "BootFailed" (stalled: its one replacement per generation is spent)."""
         instance_id = str(inst.get("id"))
-        memory = self._memory(obj, state)
+        memory = self._memory(obj)
         if inst.get("state") != "running" or instance_id in state.answered_at:
             return None
         now = self.adapters.clock()
@@ -183,7 +181,7 @@ class BootWatch:
     ) -> str:
         """A boot failure: report it, then replace once per generation, or stall."""
         ref = ObjectRef.of(obj)
-        memory = self._memory(obj, state)
+        memory = self._memory(obj)
         ledger = BootLedger.of({"boot": state.status.get("boot")})
         message = found.message(endpoint, waited)
         may_replace = ledger.may_replace(ref.generation, allowed=REPLACEMENTS_PER_GENERATION)
@@ -217,7 +215,7 @@ class BootWatch:
         self, obj: Mapping[str, Any], state: ResourceState, spec: EdxRemoteCacheSpec, ledger: BootLedger
     ) -> None:
         """The ledger goes to status before anything is replaced: a restart in between never replaces twice."""
-        boot = {"answered": sorted(state.answered_at), **(ledger.to_status() or {})}
+        boot = _boot_status(state, ledger)
         base = state.facts or Facts(ObjectRef.of(obj).generation)
         facts = dataclasses.replace(
             base,
@@ -226,3 +224,7 @@ class BootWatch:
         )
         state.status["boot"] = boot
         await self.status.publish(obj, state, facts, boot=boot)
+
+
+def _boot_status(state: ResourceState, ledger: BootLedger) -> dict[str, Any]:
+    return {"answered": sorted(state.answered_at), **(ledger.to_status() or {})}

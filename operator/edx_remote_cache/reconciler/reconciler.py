@@ -193,7 +193,7 @@ class Reconciler:
         hosts = claims.merge(pushed)
         facts = self.status.facts(state, spec, ref.generation, cloud, hosts, paused_by=paused_by)
         parts = self.status.cloud_parts(cloud, spec, hosts, state)
-        boot = self.healer.boot.boot_status(obj, state)
+        boot = self.healer.boot.boot_status(state)
         # the pass's own probe round goes into status.health: after a restart the first write (the heartbeat
         # is due) then shows this process's observation, not the previous one's, and is the only write
         health = self.status.health(state, results)

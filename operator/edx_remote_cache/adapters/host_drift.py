@@ -166,7 +166,11 @@ class HostDriftChecker:
         horizon = now - FORGET_AFTER_INTERVALS * self._ttl
         with self._wanted_lock:
             for host, endpoints in list(self._reach.items()):
-                self._reach[host] = {e: at for e, at in endpoints.items() if at >= horizon}
+                kept = {e: at for e, at in endpoints.items() if at >= horizon}
+                if kept:
+                    self._reach[host] = kept
+                else:  # as _prune_wants does: a host nobody renewed is not kept as an empty entry forever
+                    del self._reach[host]
             return {h: tuple(sorted(self._reach[h])) for h in hosts if self._reach.get(h)}
 
     def _check_all(self, now: float) -> dict[str, _Seen]:
